@@ -1,0 +1,1 @@
+"""Triton kernels and their launch helpers (installed as ``urlstm_triton.kernels``)."""

@@ -1,0 +1,115 @@
+"""The reference recurrence against independent formulas, gradcheck, and the BPTT path against autograd."""
+import pytest
+import torch
+
+from formulas import run_layer, run_stack
+from urlstm_triton import ALL_VARIANTS, URLSTM, parse_gate, urlstm
+from urlstm_triton.reference import naive_recurrence, reference_recurrence
+
+T, B, I, H = 5, 3, 4, 7  # odd sizes on purpose
+
+
+def _rand_weights(code, in_size=I, hidden=H, dtype=torch.float64, bias=True):
+    G = parse_gate(code).num_gates
+    return (torch.randn(G * hidden, in_size, dtype=dtype) * 0.5,
+            torch.randn(G * hidden, hidden, dtype=dtype) * 0.5,
+            torch.randn(G * hidden, dtype=dtype) * 0.5 if bias else None)
+
+
+@pytest.mark.parametrize("code", ALL_VARIANTS)
+@pytest.mark.parametrize("impl", [naive_recurrence, reference_recurrence])
+def test_recurrence_matches_step_formula(code, impl):
+    spec = parse_gate(code)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0, c0 = torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    w = _rand_weights(code)
+    out, h, c = impl(x, *w, h0, c0, spec)
+    ref_out, ref_h, ref_c = run_layer(code, x, h0, c0, *w)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h, ref_h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c, ref_c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("code", ALL_VARIANTS)
+def test_gradcheck_every_variant(code):
+    spec = parse_gate(code)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    w = [t.requires_grad_() for t in _rand_weights(code, 3, 4)]
+
+    def fn(x, h0, c0, w_ih, w_hh, b):
+        out, h, c = reference_recurrence(x, w_ih, w_hh, b, h0, c0, spec)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(fn, (x, h0, c0, *w))
+
+
+@pytest.mark.parametrize("code", ["UR", "--", "OM", "lstm"])
+def test_bptt_gradients_equal_autograd(code):
+    """The explicit BPTT backward equals autograd through the naive loop, for every input and weight."""
+    spec = parse_gate(code)
+    x = torch.randn(9, 2, 5, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    w = _rand_weights(code, 5, 6)
+    grads = []
+    for impl in (naive_recurrence, reference_recurrence):
+        leaves = [t.clone().requires_grad_() for t in (x, h0, c0, *w)]
+        out, h, c = impl(leaves[0], *leaves[3:], leaves[1], leaves[2], spec)
+        torch.manual_seed(1)
+        loss = (out * torch.randn_like(out)).sum() + (h * 0.3).sum() + (c * c).sum()
+        grads.append(torch.autograd.grad(loss, leaves))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_reference_close_to_float64():
+    spec = parse_gate("UR")
+    x = torch.randn(40, 4, 16, dtype=torch.float64)
+    h0, c0 = torch.zeros(4, 32, dtype=torch.float64), torch.zeros(4, 32, dtype=torch.float64)
+    w = _rand_weights("UR", 16, 32)
+    ref = run_layer("UR", x, h0, c0, *w)[0]
+    out = reference_recurrence(x.float(), *[t.float() for t in w], h0.float(), c0.float(), spec)[0]
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_bfloat16_autocast_keeps_cell_in_float32():
+    """Under CPU autocast the GEMMs run in bf16 while c stays float32; error vs float64 within bf16 bounds."""
+    m = URLSTM(16, 32, backend="reference").double()
+    x = torch.randn(30, 4, 16, dtype=torch.float64)
+    ref, _ = m(x)
+    m32 = URLSTM(16, 32, backend="reference")
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = m32(x.float())
+    assert out.dtype == torch.bfloat16
+    rel = (out.double() - ref).abs().max() / ref.abs().max()
+    assert rel < 2e-2
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m32.parameters())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("code", ["UR", "C-", "lstm"])
+def test_multilayer_bidirectional_against_composition(code, bidirectional):
+    D, L = (2 if bidirectional else 1), 3
+    weights = []
+    for layer in range(L):
+        for _ in range(D):
+            weights.append(_rand_weights(code, I if layer == 0 else H * D))
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(L * D, B, H, dtype=torch.float64)
+    c0 = torch.randn(L * D, B, H, dtype=torch.float64)
+    out, (hn, cn) = urlstm(x, weights, (h0, c0), gate=code, bidirectional=bidirectional, backend="reference")
+    ref_out, ref_h, ref_c = run_stack(code, x, h0, c0, weights, bidirectional)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hn, ref_h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cn, ref_c, rtol=1e-12, atol=1e-12)
+
+
+def test_no_bias_and_zero_initial_state():
+    w = _rand_weights("UR", bias=False)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    out, _ = urlstm(x, [w], gate="UR")
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    torch.testing.assert_close(out, run_layer("UR", x, zeros, zeros, *w)[0])
