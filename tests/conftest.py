@@ -4,6 +4,11 @@ import pathlib
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in the interpreter (numpy, one program after another). The variable is
+# read when kernels are decorated, so it must be set before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
