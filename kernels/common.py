@@ -1,0 +1,70 @@
+"""Shared pieces of the recurrence kernels: gate modes, tile configuration, activation helpers.
+
+Nothing here knows about ``GateSpec`` or autograd: callers pass an integer ``mode`` (see ``MODE_*``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+
+# Gate modes (a ``tl.constexpr`` in every kernel). The fused weight's gate blocks, in order:
+MODE_TIED = 0     # f, u, o        tied input gate 1 - f          (gates "--", "C-", "U-")
+MODE_REFINE = 1   # f, r, u, o     g = 2rf + (1-2r)f^2, input 1-g  (gates "-R", "CR", "UR")
+MODE_CLASSIC = 2  # i, f, g, o     torch.nn.LSTM                  (gate "lstm")
+MODES = (MODE_TIED, MODE_REFINE, MODE_CLASSIC)
+
+
+def num_gates(mode: int) -> int:
+    """Gate blocks of a mode: 3 for the tied gate without an auxiliary gate, else 4."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (MODE_TIED, MODE_REFINE, MODE_CLASSIC), got {mode!r}")
+    return 3 if mode == MODE_TIED else 4
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at kernel import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tile sizes of the step kernels. ``block_b`` batch rows x ``block_h`` hidden units per program;
+    ``block_k`` is the reduction slice. ``tl.dot`` needs every block dimension >= 16.
+    ``dot_precision``: ``"ieee"`` (exact fp32 products; fp32 parity < 1e-4) or ``"tf32"`` (faster fp32 on
+    tensor cores, ~3e-4). Half-precision inputs always use the tensor cores."""
+
+    block_b: int = 16
+    block_h: int = 16
+    block_k: int = 16
+    num_warps: int = 4
+    dot_precision: str = "ieee"
+
+
+def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee") -> TileConfig:
+    """Tile sizes for a (batch, hidden) problem. The interpreter gets the smallest legal tiles (its cost
+    grows with tile area); on a GPU, tiles big enough to feed the tensor cores but small enough that
+    ``cdiv(B, block_b) * cdiv(H, block_h)`` programs still spread over the multiprocessors."""
+    if dot_precision not in ("ieee", "tf32"):
+        raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
+    if not on_gpu:
+        return TileConfig(dot_precision=dot_precision)
+    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    # Fewer hidden units per program when the batch tile is large, so that H/block_h programs fill the GPU.
+    block_h = 32 if (block_b >= 64 or hidden <= 512) else 64
+    block_k = 64 if hidden >= 64 else 32
+    num_warps = 4 if block_b * block_h <= 2048 else 8
+    return TileConfig(block_b, block_h, block_k, num_warps, dot_precision)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # No tl.tanh in triton 3.6 and no libdevice in the interpreter: tanh(x) = 2 sigmoid(2x) - 1.
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
