@@ -1,0 +1,138 @@
+"""The Triton backend of :func:`urlstm_triton.functional.urlstm`: fused recurrence kernels on CUDA.
+
+``functional.resolve_backend`` imports this module (an ImportError means "no Triton here") and uses
+:func:`is_available`, :func:`unavailable_reason` and :func:`triton_recurrence`.
+
+Backend options (``URLSTM(..., backend="triton", **options)`` or ``urlstm(..., **options)``):
+
+- ``kernel``: ``"auto"`` | ``"step"`` | ``"persistent"``: the kernel family. ``"step"`` launches one
+  kernel per time step (any B, H). ``"persistent"`` (one launch per chunk; ``kernels/persistent.py``) is
+  used only where that module exists. ``"auto"`` picks through :func:`choose_kernel`.
+- ``chunk_size``: ``None`` (save every step's gates for backward: fastest), an int K (save only the
+  chunk-boundary states, recompute each chunk in backward: memory O(T/K B H + K B 4H)), or ``"auto"``
+  (save everything if it fits ``memory_budget`` bytes, else the largest K that fits; see
+  :mod:`urlstm_triton.chunking`).
+- ``memory_budget``: bytes for ``chunk_size="auto"`` (default: half the free CUDA memory).
+- ``dot_precision``: ``"ieee"`` (default; fp32 inputs multiply exactly) or ``"tf32"`` (fp32 inputs on the
+  tensor cores, faster, ~3e-4 relative error). Half precision always uses the tensor cores.
+- ``config``: a ``urlstm_triton.kernels.TileConfig`` to override the tile sizes.
+
+Mixed precision: the compute dtype is the dtype of the input projection (the input's dtype, or the autocast
+dtype under ``torch.autocast``); weights and states are cast to it inside, products accumulate in fp32, the
+cell state and all gate math stay in fp32, and ``c_T`` is returned in fp32.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import kernels as _kernels
+from .chunking import resolve_chunk_size
+from .gates import GateSpec
+from .triton_autograd import ChunkedRecurrence, FusedRecurrence
+
+KERNELS = ("auto", "step", "persistent")
+OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def kernels_interpreted() -> bool:
+    """True when the kernels were compiled for Triton's CPU interpreter (``TRITON_INTERPRET=1`` was set
+    when ``urlstm_triton.kernels`` was imported)."""
+    return type(_kernels.recurrence_fwd._fwd_step_kernel).__name__ == "InterpretedFunction"
+
+
+def unavailable_reason(device) -> str:
+    """Why the kernels cannot run on ``device`` (``''`` if they can)."""
+    device = torch.device(device)
+    if kernels_interpreted():
+        return ""  # the interpreter runs the kernels on CPU tensors (slowly: tests only)
+    if device.type == "cuda":
+        return "" if torch.cuda.is_available() else "CUDA is not available"
+    return (f"the triton kernels need a CUDA device, not {device.type} (on a CPU they run only in Triton's "
+            "interpreter: set TRITON_INTERPRET=1 before importing urlstm_triton; slow, meant for tests)")
+
+
+def is_available(device) -> bool:
+    return unavailable_reason(device) == ""
+
+
+def gate_mode(spec: GateSpec) -> int:
+    """The kernels' gate mode for a variant (only elementwise variants have one)."""
+    if spec.classic:
+        return _kernels.MODE_CLASSIC
+    if not spec.elementwise:
+        raise ValueError(f"gate {spec.code!r} uses cumax, which the fused kernels do not implement")
+    return _kernels.MODE_REFINE if spec.aux == "R" else _kernels.MODE_TIED
+
+
+def _persistent_family():
+    try:
+        return importlib.import_module("urlstm_triton.kernels.persistent")
+    except ModuleNotFoundError:
+        return None
+
+
+def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
+    """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
+    option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
+    shape (``persistent.suits(batch, hidden, device) -> bool``)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "step":
+        return _kernels
+    persistent = _persistent_family()
+    if kernel == "persistent":
+        if persistent is None:
+            raise ValueError("kernel='persistent' needs urlstm_triton.kernels.persistent, which is not installed")
+        return persistent
+    if persistent is not None and getattr(persistent, "suits", None) and persistent.suits(batch, hidden, device):
+        return persistent
+    return _kernels
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def triton_recurrence(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor], h0: Tensor, c0: Tensor, spec: GateSpec,
+    **opts,
+):
+    """One layer, one direction: same contract as :func:`urlstm_triton.reference.reference_recurrence`
+    (``(out (T, B, H), h_T, c_T)``; ``c_T`` in fp32 for half precision). Options: see the module docstring."""
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown triton backend option(s) {unknown}; valid: {list(OPTIONS)}")
+    reason = unavailable_reason(x.device)
+    if reason:
+        raise RuntimeError(f"backend='triton' cannot run on {x.device}: {reason}")
+    dtype = _compute_dtype(x)
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the triton backend runs float32, float16 and bfloat16, got input dtype {dtype}; "
+                        "use backend='reference' for other dtypes")
+    mode = gate_mode(spec)
+    steps, batch, in_size = x.shape
+    hidden = w_hh.shape[1]
+    family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device)
+    config = opts.get("config") or _kernels.pick_config(batch, hidden, x.device.type == "cuda" and not
+                                                         kernels_interpreted(), opts.get("dot_precision", "ieee"))
+    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
+                               dtype, x.device, opts.get("memory_budget"))
+    if steps == 0:
+        return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
+                c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
+    h0c, c0c, w_hhc = h0.to(dtype), c0.to(torch.float32), w_hh.to(dtype).contiguous()
+    with torch.autocast(x.device.type, enabled=False):
+        if chunk is None:
+            xproj = F.linear(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype)).contiguous()
+            return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config)
+        return ChunkedRecurrence.apply(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype),
+                                       w_hhc, h0c, c0c, mode, chunk, family, config)
