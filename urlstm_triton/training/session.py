@@ -1,0 +1,147 @@
+"""A run's surroundings: run directory, Accelerator, logging, the printed config, seeding and the error exits.
+
+``RunSession(cfg, job)`` is made first by every training script. It creates the ``accelerate.Accelerator``
+(device, mixed precision, TensorBoard tracker), decides the run directory (``runs/<job>-<preset>`` unless
+``--run.dir``), refuses to start over an existing run without ``--resume`` or ``--run.overwrite``, prints the
+config and its hash and writes them to ``config.json``, and seeds everything with ``train.seed``.
+
+``run_main(fn)`` runs a script's ``main`` and turns the project's expected failures into one clear line on
+stderr and an exit status: 2 for bad config/data, 3 for a non-finite stop, 128+N after signal N.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import write_json_atomic
+from .config import ConfigError, config_hash, config_to_dict, format_config, hashed_fields
+from .guard import NonFiniteError
+from .signals import TrainingInterrupted
+
+log = logging.getLogger("urlstm_triton.training")
+
+
+class DataError(ValueError):
+    """Bad input data: missing or empty corpus, stale cache, token ids beyond the vocabulary. Names the file."""
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines printed above the progress bar instead of through it."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    def emit(self, record):
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
+    root = logging.getLogger("urlstm_triton")
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s " + (f"[rank {rank}] " if rank else "") + "%(message)s",
+                            "%H:%M:%S")
+    stream = _TqdmHandler()
+    stream.setFormatter(fmt)
+    stream.setLevel(logging.INFO if is_main else logging.WARNING)
+    root.addHandler(stream)
+    if is_main:
+        fileh = logging.FileHandler(run_dir / "train.log")
+        fileh.setFormatter(fmt)
+        root.addHandler(fileh)
+    root.propagate = False
+
+
+class RunSession:
+    def __init__(self, cfg, job: str):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        self.job = job
+        run = cfg.run
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.run_dir = Path(run.dir or f"runs/{job}-{run.preset or 'custom'}")
+        self.hash = config_hash(cfg)
+        self.hashed = hashed_fields(cfg)
+        kwargs = dict(
+            cpu=run.cpu,
+            mixed_precision=cfg.train.mixed_precision,
+            step_scheduler_with_optimizer=False,  # one scheduler step per optimiser step, any process count
+            project_dir=str(self.run_dir),
+        )
+        if run.tensorboard:
+            kwargs["log_with"] = "tensorboard"
+        self.accelerator = Accelerator(**kwargs)
+        acc = self.accelerator
+        ckpt_dir = self.run_dir / "checkpoints"
+        has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("step-") for p in ckpt_dir.iterdir())
+        if has_ckpt and not (run.resume or run.resume_from):
+            if not run.overwrite:
+                raise ConfigError(
+                    f"run directory {self.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                    "--run.overwrite true to start again from scratch, or --run.dir to use another directory")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                shutil.rmtree(ckpt_dir)
+                for name in ("metrics.jsonl", "summary.json"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        _setup_logging(self.run_dir, acc.is_main_process, acc.process_index)
+        log.info("%s run in %s on %s (%d process%s), config hash %s:\n%s", job, self.run_dir, acc.device,
+                 acc.num_processes, "" if acc.num_processes == 1 else "es", self.hash, format_config(cfg))
+        if acc.is_main_process:
+            write_json_atomic({"job": job, "config_hash": self.hash, "config": config_to_dict(cfg)},
+                              self.run_dir / "config.json")
+        set_seed(cfg.train.seed)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def tracker_config(self):
+        """The config flattened to scalars, as TensorBoard's hparams want it."""
+        flat = {}
+        for section, values in config_to_dict(self.cfg).items():
+            items = values.items() if isinstance(values, dict) else [("", values)]
+            for k, v in items:
+                key = f"{section}.{k}" if k else section
+                flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+        return flat
+
+
+def run_main(main, argv=None) -> None:
+    """Call ``main(argv)``; report expected failures in one line and exit with a status that says which."""
+    try:
+        main(argv)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(3)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(128 + e.signum)
+    finally:
+        # torch.distributed complains at exit if the process group is left open
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            try:
+                torch.distributed.destroy_process_group()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+    sys.stdout.flush()

@@ -1,0 +1,275 @@
+"""The training loop every job shares: optimiser, schedule, accumulation, clipping, guards, checkpoints, logs.
+
+``Trainer(session, model, task).fit()`` trains ``model`` on ``task`` for ``train.steps`` optimiser steps and
+returns the summary it also writes to ``<run>/summary.json``. One step: get the task's micro-batches, forward
+and backward each under autocast (gradient sync only on the last), clip, check loss and gradient norm for
+non-finite values (all processes decide together), then step the optimiser and the schedule or skip. After each
+step: metrics line, TensorBoard/tqdm every ``run.log_every``, validation every ``train.eval_every``, a checkpoint
+every ``train.save_every`` and at the end, and a graceful stop if SIGINT/SIGTERM arrived.
+
+Exact resume: a checkpoint holds the model, optimiser, schedule, loss scaler, guard counters, every process's
+RNG states (python, numpy, torch, CUDA) and the task's state (data position, carried state); it is written after
+step s is complete, and resuming continues with step s+1 in exactly the state the uninterrupted run had.
+Evaluation runs under a forked RNG so it never changes the training stream.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .checkpoint import CheckpointManager, CorruptCheckpoint, capture_rng, restore_rng
+from .config import ConfigError, config_to_dict
+from .faults import Faults
+from .guard import NonFiniteError, NonFiniteGuard
+from .records import MetricsLog, write_summary
+from .schedule import warmup_cosine
+from .session import RunSession
+from .signals import GracefulStop, TrainingInterrupted
+from .task import Task
+
+log = logging.getLogger("urlstm_triton.training")
+
+
+def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
+    t = train_cfg
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+class Trainer:
+    def __init__(self, session: RunSession, model: torch.nn.Module, task: Task):
+        from accelerate.utils import set_seed
+
+        self.session = session
+        self.cfg = session.cfg
+        self.acc = session.accelerator
+        self.task = task
+        tcfg = self.cfg.train
+        optimizer = build_optimizer(model.parameters(), tcfg)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule,
+                                       tcfg.min_lr_ratio)
+        self.guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_nonfinite_skips,
+                                    check_grad_norm=tcfg.mixed_precision != "fp16")
+        self.ckpt = CheckpointManager(session.run_dir / "checkpoints", self.acc, tcfg.keep_checkpoints,
+                                      session.hash, session.hashed)
+        self.faults = Faults(process_index=self.acc.process_index)
+        self.step = 0
+        self.units_seen = 0
+        self.train_seconds = 0.0
+        self.last_checkpoint: Optional[str] = None
+        # every process gets its own dropout stream; the model above was initialised identically everywhere
+        set_seed(tcfg.seed, device_specific=True)
+        self._maybe_resume()
+
+    # ------------------------------------------------------------------------------------------ state
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def _shared_state(self) -> Dict[str, Any]:
+        shared = {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "trainer": {"step": self.step, "guard": self.guard.state_dict(), "units_seen": self.units_seen,
+                        "train_seconds": self.train_seconds},
+        }
+        if self.acc.scaler is not None:
+            shared["scaler"] = self.acc.scaler.state_dict()
+        return shared
+
+    def save_checkpoint(self) -> Path:
+        per_rank = {"rng": capture_rng(), "task": self.task.state_dict()}
+        path = self.ckpt.save(self.step, self._shared_state(), per_rank, self.faults.save_hook(self.step))
+        self.last_checkpoint = str(path)
+        log.info("checkpoint saved: %s", path)
+        return path
+
+    def _maybe_resume(self) -> None:
+        run = self.cfg.run
+        if run.resume_from:
+            path = Path(run.resume_from)
+            try:
+                manifest = CheckpointManager.verify(path)
+            except CorruptCheckpoint as e:
+                raise ConfigError(f"--run.resume_from: {e}") from None
+            found = (path, manifest)
+        elif run.resume:
+            found = self.ckpt.latest_valid()
+            if found is None:
+                log.info("--resume: no complete checkpoint in %s; starting from scratch", self.ckpt.dir)
+                return
+        else:
+            return
+        path, manifest = found
+        shared, per_rank = self.ckpt.load(path, manifest)
+        self.raw_model.load_state_dict(shared["model"])
+        self.optimizer.load_state_dict(shared["optimizer"])
+        self.scheduler.load_state_dict(shared["scheduler"])
+        if self.acc.scaler is not None and "scaler" in shared:
+            self.acc.scaler.load_state_dict(shared["scaler"])
+        tr = shared["trainer"]
+        self.step = int(tr["step"])
+        self.guard.load_state_dict(tr["guard"])
+        self.units_seen = int(tr["units_seen"])
+        self.train_seconds = float(tr["train_seconds"])
+        restore_rng(per_rank["rng"])
+        self.task.load_state_dict(per_rank["task"])
+        self.last_checkpoint = str(path)
+        log.info("resumed from %s: continuing at step %d", path, self.step + 1)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str, max_batches: int = 0) -> Dict[str, float]:
+        model = self.raw_model
+        was_training = model.training
+        model.eval()
+        devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), self.acc.autocast():
+                return self.task.evaluate(model, split, max_batches)
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------------------------------ one step
+    def _train_step(self, step: int) -> Dict[str, Any]:
+        acc, tcfg = self.acc, self.cfg.train
+        micro = self.task.train_batches(step, tcfg.grad_accum)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        units = 0
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            with (nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
+                loss, n = self.task.loss(self.model, mb)
+                if self.faults.nan_loss(step):
+                    loss = loss * float("nan")
+            acc.backward(loss / len(micro))
+            loss_sum += loss.detach().double()
+            units += int(n)
+        max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        # one collective per step: mean loss, units, and whether any process was asked to stop
+        packed = torch.tensor([float(loss_sum) / len(micro), float(units), float(self._stop.signum)],
+                              dtype=torch.float64, device=acc.device)
+        if acc.num_processes > 1:
+            packed = acc.reduce(packed, reduction="sum")
+        loss_val = float(packed[0]) / acc.num_processes
+        gnorm = float(grad_norm) if grad_norm is not None else float("nan")
+        ok = self.guard.check(step, loss_val, gnorm, self.last_checkpoint)
+        if ok:
+            self.optimizer.step()
+            if not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.task.on_skipped_step()
+            log.warning("step %d: non-finite loss/gradient norm (loss %s, grad norm %s): step skipped (%d/%d)",
+                        step, loss_val, gnorm, self.guard.skipped, tcfg.max_nonfinite_skips)
+        return {"step": step, "loss": loss_val, "grad_norm": gnorm, "lr": self.scheduler.get_last_lr()[0],
+                "units": int(packed[1]), "skipped": not ok, "stop": int(packed[2])}
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> Dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.acc, self.cfg
+        tcfg = cfg.train
+        session = self.session
+        main = acc.is_main_process
+        metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step, enabled=main)
+        if cfg.run.tensorboard:
+            acc.init_trackers("tb", config=session.tracker_config())
+        bar = tqdm(total=tcfg.steps, initial=self.step, disable=not (main and cfg.run.progress),
+                   dynamic_ncols=True, desc=session.job)
+        status = "completed"
+        evals: Dict[str, Dict[str, float]] = {}
+        t0 = time.perf_counter()
+        seg_units = 0
+        self.model.train()
+        try:
+            with GracefulStop() as stop:
+                self._stop = stop
+                while self.step < tcfg.steps:
+                    step = self.step + 1
+                    row = self._train_step(step)
+                    self.step = step
+                    seg_units += row["units"]
+                    self.units_seen += row["units"]
+                    metrics.write({k: row[k] for k in ("step", "loss", "grad_norm", "lr", "skipped")})
+                    bar.update(1)
+                    if step % cfg.run.log_every == 0 or step == tcfg.steps:
+                        rate = seg_units / max(time.perf_counter() - t0, 1e-9)
+                        self._log_train(row, rate, bar)
+                    if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
+                        split = self.task.eval_splits[0]
+                        res = self.evaluate(split, tcfg.eval_batches)
+                        self._log_eval(split, res, step, metrics)
+                    saved = False
+                    if (tcfg.save_every and step % tcfg.save_every == 0) or step == tcfg.steps:
+                        self.save_checkpoint()
+                        saved = True
+                    self.faults.after_step(step)
+                    if row["stop"] or stop.signum:
+                        status = "interrupted"
+                        if not saved:
+                            self.save_checkpoint()
+                        raise TrainingInterrupted(stop.signum or 15, self.last_checkpoint)
+                self.train_seconds += time.perf_counter() - t0
+                bar.close()
+                for split in self.task.eval_splits:
+                    evals[split] = self.evaluate(split)
+                    self._log_eval(split, evals[split], self.step, metrics)
+        except NonFiniteError:
+            status = "stopped: non-finite"
+            raise
+        finally:
+            bar.close()
+            metrics.close()
+            wall = time.perf_counter() - t0
+            summary = {
+                "job": session.job, "status": status, "step": self.step, "steps": tcfg.steps,
+                "config_hash": session.hash, "run_dir": str(session.run_dir),
+                "last_checkpoint": self.last_checkpoint, "skipped_steps": self.guard.skipped,
+                "units": self.task.unit, "units_seen": self.units_seen,
+                f"train_{self.task.unit}_per_s": seg_units / max(wall, 1e-9), "wall_s": wall,
+                "eval": evals, "config": config_to_dict(cfg),
+            }
+            if main:
+                write_summary(session.run_dir / "summary.json", summary)
+            if cfg.run.tensorboard:
+                acc.end_training()
+        return summary
+
+    def _log_train(self, row, rate: float, bar) -> None:
+        ppl = math.exp(min(row["loss"], 50.0)) if self.task.unit == "tokens" and math.isfinite(row["loss"]) else None
+        values = {"train/loss": row["loss"], "train/lr": row["lr"], "train/grad_norm": row["grad_norm"],
+                  f"train/{self.task.unit}_per_s": rate}
+        if ppl is not None:
+            values["train/ppl"] = ppl
+        if self.cfg.run.tensorboard:
+            self.acc.log({k: v for k, v in values.items() if math.isfinite(v)}, step=row["step"])
+        post = {"loss": f"{row['loss']:.3f}", f"{self.task.unit[:3]}/s": f"{rate:.0f}"}
+        if ppl is not None:
+            post["ppl"] = f"{ppl:.1f}"
+        bar.set_postfix(post, refresh=False)
+        log.info("step %d/%d loss %.4f%s lr %.3g grad norm %.3g %s/s %.0f", row["step"], self.cfg.train.steps,
+                 row["loss"], f" ppl {ppl:.2f}" if ppl is not None else "", row["lr"], row["grad_norm"],
+                 self.task.unit, rate)
+
+    def _log_eval(self, split: str, res: Dict[str, float], step: int, metrics: MetricsLog) -> None:
+        metrics.write({"step": step, "eval": split, **res})
+        if self.cfg.run.tensorboard:
+            self.acc.log({f"{split}/{k}": v for k, v in res.items() if isinstance(v, (int, float))
+                          and math.isfinite(v)}, step=step)
+        log.info("step %d %s: %s", step, split,
+                 " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
