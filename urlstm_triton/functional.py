@@ -37,15 +37,22 @@ def _triton_module():
     return triton_backend
 
 
-def resolve_backend(backend: str, spec: GateSpec, device: torch.device) -> Callable:
-    """Pick the recurrence function for ``backend`` (see module docstring)."""
+def resolve_backend(
+    backend: str, spec: GateSpec, device: torch.device, dtype: Optional[torch.dtype] = None
+) -> Callable:
+    """Pick the recurrence function for ``backend`` (see module docstring).
+
+    ``"auto"`` takes the kernels only on a CUDA device and for a dtype they run (``dtype``, when given):
+    Triton's CPU interpreter (which tests turn on) is far too slow to be picked by default.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return reference_recurrence
     tb = _triton_module()
     if backend == "auto":
-        if tb is not None and spec.elementwise and tb.is_available(device):
+        if (tb is not None and spec.elementwise and device.type == "cuda" and tb.is_available(device)
+                and (dtype is None or dtype in tb.SUPPORTED_DTYPES)):
             return tb.triton_recurrence
         return reference_recurrence
     # backend == "triton"
@@ -168,7 +175,7 @@ def urlstm(
             "module (e.g. module.to(input.dtype)), or run under torch.autocast"
         )
 
-    recurrence = resolve_backend(backend, spec, x.device)
+    recurrence = resolve_backend(backend, spec, x.device, x.dtype)
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
