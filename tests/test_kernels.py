@@ -1,0 +1,216 @@
+"""Triton kernels vs a float64 oracle: outputs, final states and every gradient, per gate block.
+
+Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so sizes are tiny.
+Errors are ``||ours - ref|| / ||ref||`` against ``naive_recurrence`` in float64 (autograd, no hand-written
+derivative). Gradients of the fused weights and the bias are checked per gate block, so that a wrong
+derivative of a single gate (a sign error in dz_r, say: an O(1) error in that block) cannot hide among
+the other blocks' correct values. fp32 lands near 3e-7 here; the bound of 2e-5 leaves room for other
+BLAS orders and still sits five orders of magnitude under what a wrong derivative produces.
+bf16 runs only on a GPU (the interpreter's bf16 tl.dot is wrong).
+"""
+import pytest
+import torch
+
+from urlstm_triton import URLSTM, urlstm
+from urlstm_triton.functional import resolve_backend
+from urlstm_triton.gates import parse_gate
+from urlstm_triton.reference import cell_update, naive_recurrence, reference_recurrence
+from urlstm_triton.triton_backend import is_available, triton_recurrence
+
+TOL = {torch.float32: 2e-5, torch.float16: 6e-3, torch.bfloat16: 2e-2}
+NAMES = ("out", "h_T", "c_T", "dx", "dw_ih", "dw_hh", "dbias", "dh0", "dc0")
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_problem(spec, T, B, I, H, dtype, with_state=True, device="cpu", scale=0.6):
+    """float64 leaves rounded to ``dtype`` (so the oracle sees exactly the kernel's inputs)."""
+    G = spec.num_gates
+
+    def leaf(*shape):
+        return (torch.randn(*shape, dtype=torch.float64, device=device) * scale).to(dtype).double()
+
+    ps = [leaf(T, B, I), leaf(G * H, I), leaf(G * H, H), leaf(G * H)]
+    ps += [leaf(B, H), leaf(B, H)] if with_state else [torch.zeros(B, H, dtype=torch.float64, device=device)] * 2
+    return ps
+
+
+def errors(spec, ps, dtype, **opts):
+    """Relative errors of the Triton recurrence in ``dtype`` vs the float64 oracle, keyed by NAMES (and
+    per gate block for the fused weights and bias)."""
+    ref_in = [p.clone().requires_grad_() for p in ps]
+    ref = naive_recurrence(*ref_in, spec)
+    grads_out = [torch.randn_like(r) for r in ref]
+    ref_g = torch.autograd.grad(ref, ref_in, grads_out)
+    our_in = [p.to(dtype).requires_grad_() for p in ps]
+    ours = triton_recurrence(*our_in, spec, **opts)
+    assert ours[0].dtype == dtype and ours[1].dtype == dtype
+    assert ours[2].dtype == (torch.float32 if dtype != torch.float32 else dtype)
+    our_g = torch.autograd.grad(ours, our_in, [g.to(o.dtype) for g, o in zip(grads_out, ours)])
+    for g, p in zip(our_g, our_in):
+        assert g.dtype == p.dtype
+    errs = {}
+    for name, a, b in zip(NAMES, list(ours) + list(our_g), list(ref) + list(ref_g)):
+        assert torch.isfinite(a).all(), name
+        errs[name] = rel(a, b)
+    H = ps[2].shape[1]
+    for name, a, b in (("dw_ih", our_g[1], ref_g[1]), ("dw_hh", our_g[2], ref_g[2]), ("dbias", our_g[3], ref_g[3])):
+        for q, block in enumerate(spec.block_names()):
+            errs[f"{name}[{block}]"] = rel(a[q * H:(q + 1) * H], b[q * H:(q + 1) * H])
+    return errs
+
+
+def assert_close(errs, tol):
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v < tol}
+    assert not bad, f"relative error above {tol:g}: {bad}"
+
+
+@pytest.mark.parametrize("code", ["UR", "U-", "-R", "--", "CR", "lstm"])
+def test_every_mode_fp32_matches_float64(code):
+    spec = parse_gate(code)
+    assert_close(errors(spec, make_problem(spec, 4, 3, 5, 7, torch.float32), torch.float32), TOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "T,B,I,H,with_state",
+    [
+        (1, 1, 3, 12, True),    # one step, one row, H not a power of two
+        (3, 1, 2, 16, False),   # B=1, exact tile, zero initial state
+        (2, 17, 4, 20, True),   # B and H both cross a 16-wide tile (masked second tile)
+        (3, 2, 9, 5, False),    # I > H, H < one tile
+    ],
+)
+def test_odd_shapes_fp32(T, B, I, H, with_state):
+    spec = parse_gate("UR")
+    errs = errors(spec, make_problem(spec, T, B, I, H, torch.float32, with_state), torch.float32)
+    assert_close(errs, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("code", ["UR", "U-", "lstm"])
+def test_fp16_matches_float64(code):
+    spec = parse_gate(code)
+    assert_close(errors(spec, make_problem(spec, 4, 3, 6, 12, torch.float16), torch.float16), TOL[torch.float16])
+
+
+def _oracle_grads(spec, ps, flip_block=None):
+    """float64 autograd gradients of sum(out * w) for (x, w_ih, w_hh, bias, h0, c0); with ``flip_block``,
+    the gradient of that gate block's pre-activation is negated at every step (a sign error in one gate
+    derivative, as a buggy kernel epilogue would make it)."""
+    leaves = [p.clone().requires_grad_() for p in ps]
+    x, w_ih, w_hh, b, h, c = leaves
+    H = w_hh.shape[1]
+    xproj = torch.nn.functional.linear(x, w_ih, b)
+    outs = []
+    for t in range(x.shape[0]):
+        z = xproj[t] + h @ w_hh.t()
+        if flip_block is not None:
+            q = flip_block
+            z.register_hook(lambda g, q=q: torch.cat([g[..., :q * H], -g[..., q * H:(q + 1) * H], g[..., (q + 1) * H:]], -1))
+        h, c = cell_update(z, c, spec)
+        outs.append(h)
+    weights = torch.linspace(-1, 1, x.shape[0] * x.shape[1] * H, dtype=torch.float64).view(x.shape[0], x.shape[1], H)
+    return torch.autograd.grad((torch.stack(outs) * weights).sum(), leaves)
+
+
+@pytest.mark.parametrize("block", [0, 1, 2, 3])
+def test_tolerance_catches_a_sign_error_in_one_gate_derivative(block):
+    """The check itself must be able to fail: a sign error in any single gate's derivative moves the
+    gradients far beyond the fp32 tolerance, in the per-block view."""
+    spec = parse_gate("UR")
+    H = 6
+    ps = make_problem(spec, 3, 2, 4, H, torch.float64)
+    right = _oracle_grads(spec, ps)
+    wrong = _oracle_grads(spec, ps, flip_block=block)
+    errs = {f"{n}[{q}]": rel(w[q * H:(q + 1) * H], r[q * H:(q + 1) * H])
+            for n, w, r in (("dw_ih", wrong[1], right[1]), ("dbias", wrong[3], right[3])) for q in range(4)}
+    assert max(errs.values()) > 100 * TOL[torch.float32]
+    with pytest.raises(AssertionError, match="relative error above"):
+        assert_close(errs, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("bidirectional,batch_first,with_state", [(True, True, True), (False, False, False)])
+def test_layer_triton_matches_reference_multilayer(bidirectional, batch_first, with_state):
+    """URLSTM(backend="triton") runs every layer and direction through the kernels: same outputs, states
+    and parameter gradients as the reference backend (both fp32, so they agree to rounding)."""
+    torch.manual_seed(1)
+    kw = dict(num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    ref = URLSTM(3, 6, backend="reference", **kw)
+    tri = URLSTM(3, 6, backend="triton", **kw)
+    tri.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(2, 3, 3) if batch_first else torch.randn(3, 2, 3)
+    state = (torch.randn(2 * D, 2, 6), torch.randn(2 * D, 2, 6)) if with_state else None
+    results = []
+    for m in (ref, tri):
+        xi = x.clone().requires_grad_()
+        st = tuple(s.clone().requires_grad_() for s in state) if state else None
+        out, (hn, cn) = m(xi, st)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + hn.sum() * 0.5 - cn.sum() * 0.25
+        grads = torch.autograd.grad(loss, [xi] + list(st or []) + list(m.parameters()))
+        results.append([out, hn, cn] + list(grads))
+    assert len(results[1]) == 3 + 1 + (2 if state else 0) + 3 * 2 * D
+    for a, b in zip(*results):
+        assert rel(b, a) < 1e-5
+
+
+def test_autocast_runs_half_precision_inside():
+    """Under torch.autocast the backend computes in the autocast dtype (fp16 here; bf16 on a GPU), returns
+    half-precision outputs and fp32 parameter gradients, close to the float64 oracle."""
+    spec = parse_gate("UR")
+    torch.manual_seed(2)
+    m = URLSTM(4, 8, backend="triton")
+    x = torch.randn(3, 2, 4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, (hn, cn) = m(x)
+    assert out.dtype == torch.float16
+    out.float().sum().backward()
+    w = [p.detach().double() for p in m.parameters()]
+    ps = [x.double().requires_grad_(), *(t.requires_grad_() for t in w)]
+    zeros = torch.zeros(2, 8, dtype=torch.float64)
+    ref, _, _ = naive_recurrence(ps[0], ps[1], ps[2], ps[3], zeros, zeros, spec)
+    ref.sum().backward()
+    assert rel(out, ref) < 1e-2
+    for p, q in zip(m.parameters(), ps[1:]):
+        assert p.grad.dtype == torch.float32
+        assert rel(p.grad, q.grad) < 2e-2
+
+
+def test_auto_backend_takes_kernels_only_on_cuda_and_supported_dtypes():
+    spec = parse_gate("UR")
+    assert resolve_backend("auto", spec, torch.device("cpu"), torch.float32) is reference_recurrence
+    assert resolve_backend("triton", spec, torch.device("cpu"), torch.float32) is triton_recurrence
+    assert is_available(torch.device("cpu"))  # the interpreter is on in tests
+    if is_available(torch.device("cuda")):
+        assert resolve_backend("auto", spec, torch.device("cuda"), torch.float32) is triton_recurrence
+        assert resolve_backend("auto", spec, torch.device("cuda"), torch.float64) is reference_recurrence
+        assert resolve_backend("auto", parse_gate("OM"), torch.device("cuda"), torch.float32) is reference_recurrence
+
+
+def test_bad_options_get_clear_errors():
+    spec = parse_gate("UR")
+    ps = [p.float() for p in make_problem(spec, 2, 1, 2, 3, torch.float32)]
+    with pytest.raises(TypeError, match="chunk_sise"):
+        triton_recurrence(*ps, spec, chunk_sise=4)
+    with pytest.raises(ValueError, match="kernel"):
+        triton_recurrence(*ps, spec, kernel="fast")
+    with pytest.raises(ValueError, match="chunk_size"):
+        triton_recurrence(*ps, spec, chunk_size=0)
+    with pytest.raises(ValueError, match="dot_precision"):
+        triton_recurrence(*ps, spec, dot_precision="tf64")
+    with pytest.raises(TypeError, match="float64"):
+        triton_recurrence(*[p.double() for p in ps], spec)
+    with pytest.raises(TypeError, match="unknown triton backend option"):
+        urlstm(torch.randn(2, 1, 2), [tuple(ps[1:4])], backend="triton", tile=16)
+
+
+def test_unsupported_gate_falls_back_with_a_warning():
+    m = URLSTM(3, 4, gate="OM", backend="triton")
+    m_ref = URLSTM(3, 4, gate="OM", backend="reference")
+    m_ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 1, 3)
+    with pytest.warns(UserWarning, match="cumax"):
+        out = m(x)[0]
+    assert torch.equal(out, m_ref(x)[0])
