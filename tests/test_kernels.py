@@ -214,3 +214,22 @@ def test_unsupported_gate_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="cumax"):
         out = m(x)[0]
     assert torch.equal(out, m_ref(x)[0])
+
+
+def test_inference_writes_no_gates_and_matches():
+    """Under no_grad the forward skips the per-step gates (nothing to save) and gives the same outputs."""
+    spec = parse_gate("UR")
+    ps = [p.float() for p in make_problem(spec, 3, 2, 3, 5, torch.float32)]
+    with_grad = triton_recurrence(*[p.clone().requires_grad_() for p in ps], spec)
+    with torch.no_grad():
+        import urlstm_triton.kernels as k
+        calls = []
+        orig = k.forward_sequence
+        k.forward_sequence = lambda *a: (calls.append(a[4]), orig(*a))[1]
+        try:
+            no_grad = triton_recurrence(*ps, spec)
+        finally:
+            k.forward_sequence = orig
+    assert calls == [None]
+    for a, b in zip(no_grad, with_grad):
+        assert torch.equal(a, b.detach())

@@ -22,22 +22,28 @@ def _grad_or_zeros(g, like: Tensor, dtype=None) -> Tensor:
     return torch.zeros(like.shape, dtype=dtype, device=like.device) if g is None else g.to(dtype).contiguous()
 
 
+def run_forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config, save_gates: bool):
+    """Forward over all steps: ``(hs (T+1, B, H), cs (T+1, B, H) fp32, gates (T, B, G*H) fp32 or None)``.
+    Without ``save_gates`` (inference) no per-step gates are written."""
+    steps, batch, _ = xproj.shape
+    hidden = w_hh.shape[1]
+    hs = xproj.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T; h_{t-1} feeds dU in backward
+    cs = torch.empty(steps + 1, batch, hidden, dtype=torch.float32, device=xproj.device)
+    hs[0] = h0
+    cs[0] = c0
+    gates = torch.empty(xproj.shape, dtype=torch.float32, device=xproj.device) if save_gates else None
+    kernels.forward_sequence(xproj, w_hh, hs, cs, gates, mode, config)
+    return hs, cs, gates
+
+
 class FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config):
-        steps, batch, _ = xproj.shape
-        hidden = w_hh.shape[1]
-        hs = xproj.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T; h_{t-1} feeds dU in backward
-        cs = torch.empty(steps + 1, batch, hidden, dtype=torch.float32, device=xproj.device)
-        hs[0] = h0
-        cs[0] = c0
-        needs_grad = any(ctx.needs_input_grad[:4])
-        gates = torch.empty(xproj.shape, dtype=torch.float32, device=xproj.device) if needs_grad else None
-        kernels.forward_sequence(xproj, w_hh, hs, cs, gates, mode, config)
+        hs, cs, gates = run_forward(xproj, w_hh, h0, c0, mode, kernels, config, save_gates=True)
         ctx.mode, ctx.kernels, ctx.config = mode, kernels, config
         ctx.dtypes = (h0.dtype, c0.dtype)
-        if needs_grad:
-            ctx.save_for_backward(gates, cs, hs, w_hh)
+        ctx.save_for_backward(gates, cs, hs, w_hh)
+        steps = xproj.shape[0]
         return hs[1:], hs[steps].clone(), cs[steps].clone()
 
     @staticmethod

@@ -33,7 +33,7 @@ from torch import Tensor
 from . import kernels as _kernels
 from .chunking import resolve_chunk_size
 from .gates import GateSpec
-from .triton_autograd import ChunkedRecurrence, FusedRecurrence
+from .triton_autograd import ChunkedRecurrence, FusedRecurrence, run_forward
 
 KERNELS = ("auto", "step", "persistent")
 OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config")
@@ -133,6 +133,11 @@ def triton_recurrence(
     with torch.autocast(x.device.type, enabled=False):
         if chunk is None:
             xproj = F.linear(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype)).contiguous()
+            grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, w_ih, w_hh, bias, h0, c0))
+            if not grad:  # inference: no per-step gates are written or kept
+                hs, cs, _ = run_forward(xproj, w_hhc, h0c, c0c, mode, family, config, save_gates=False)
+                return hs[1:], hs[steps].clone(), cs[steps].clone()
             return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config)
         return ChunkedRecurrence.apply(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype),
                                        w_hhc, h0c, c0c, mode, chunk, family, config)
