@@ -41,14 +41,18 @@ contiguous and on the same device; the helpers launch work asynchronously and re
     The helper does not compute ``dh_{start-1} = dz_0 U`` nor any weight gradient: the caller forms
     them with large GEMMs (``dU = dzs^T hs[:-1]``).
 
+``graphs.GraphedKernels(family)`` wraps any family into one that follows this contract too and replays
+each call signature from a cached CUDA graph.
+
 Numerics: products on the tensor cores with fp32 accumulation; gate math, cell state and ``dc`` in fp32;
 h and dz rounded to the compute dtype when stored (as the next step's GEMM operand).
 """
 from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, interpreting, num_gates, pick_config
+from .graphs import GraphedKernels
 from .recurrence_bwd import backward_sequence
 from .recurrence_fwd import forward_sequence
 
 __all__ = [
     "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC", "TileConfig", "num_gates", "pick_config", "interpreting",
-    "forward_sequence", "backward_sequence",
+    "forward_sequence", "backward_sequence", "GraphedKernels",
 ]

@@ -16,6 +16,8 @@ Backend options (``URLSTM(..., backend="triton", **options)`` or ``urlstm(..., *
 - ``dot_precision``: ``"ieee"`` (default; fp32 inputs multiply exactly) or ``"tf32"`` (fp32 inputs on the
   tensor cores, faster, ~3e-4 relative error). Half precision always uses the tensor cores.
 - ``config``: a ``urlstm_triton.kernels.TileConfig`` to override the tile sizes.
+- ``cuda_graph``: ``True`` to replay each sequence's K step launches from a cached CUDA graph
+  (``kernels/graphs.py``): cuts the per-launch CPU overhead that dominates at small batch; CUDA only.
 
 Mixed precision: the compute dtype is the dtype of the input projection (the input's dtype, or the autocast
 dtype under ``torch.autocast``); weights and states are cast to it inside, products accumulate in fp32, the
@@ -36,7 +38,7 @@ from .gates import GateSpec
 from .triton_autograd import ChunkedRecurrence, FusedRecurrence, run_forward
 
 KERNELS = ("auto", "step", "persistent")
-OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config")
+OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config", "cuda_graph")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -95,6 +97,16 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
     return _kernels
 
 
+_GRAPHED = {}
+
+
+def graphed(family):
+    """The CUDA-graph wrapper of a kernel family (one per family, so its graph cache is shared)."""
+    if family not in _GRAPHED:
+        _GRAPHED[family] = _kernels.GraphedKernels(family)
+    return _GRAPHED[family]
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
@@ -122,6 +134,11 @@ def triton_recurrence(
     steps, batch, in_size = x.shape
     hidden = w_hh.shape[1]
     family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device)
+    if opts.get("cuda_graph", False):
+        if x.device.type != "cuda" or kernels_interpreted():
+            raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"
+                             + (" under TRITON_INTERPRET" if kernels_interpreted() else ""))
+        family = graphed(family)
     config = opts.get("config") or _kernels.pick_config(batch, hidden, x.device.type == "cuda" and not
                                                          kernels_interpreted(), opts.get("dot_precision", "ieee"))
     chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
