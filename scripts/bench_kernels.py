@@ -1,0 +1,336 @@
+"""Benchmark the fused Triton UR-LSTM against the reference loop and cuDNN nn.LSTM, side by side in one run.
+
+For each config (DESIGN.md's table, or ``--config T,B,I,H``) and dtype: median time of forward+backward and of
+forward only (no grad), and peak memory of one forward+backward (CUDA), for
+
+- ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
+- ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
+- ``triton-graph``      the same with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
+- ``reference``         URLSTM(gate="UR", backend="reference"): the PyTorch loop
+- ``nn.LSTM``           torch.nn.LSTM (cuDNN on a GPU): the speed a user gives up by leaving nn.LSTM
+
+Before timing, it checks the Triton results (outputs, final states, every gradient) against a float64
+oracle on the same device (sequence truncated to ``--check-steps``); a failed check makes the exit code 1.
+Prints a table with ratios and writes everything as JSON (``--json PATH``).
+
+    python scripts/bench_kernels.py --json bench.json                       # GPU, five configs, bf16 + fp32
+    python scripts/bench_kernels.py --config 8192,16,1024,1024 --chunk 256  # a long sequence, chunked
+    TRITON_INTERPRET=1 python scripts/bench_kernels.py --device cpu --config 4,2,3,8 --dtypes fp32
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from urlstm_triton import URLSTM
+from urlstm_triton.gates import parse_gate
+from urlstm_triton.reference import naive_recurrence
+
+CONFIGS = {  # DESIGN.md: measured anchors (T, B, I, H)
+    "lm-seed": (128, 128, 1024, 3072),
+    "lm-1k": (256, 64, 1024, 1024),
+    "smnist": (784, 50, 1, 1024),
+    "adding": (2000, 10, 2, 256),
+    "big-batch": (512, 256, 1024, 1024),
+}
+LONG_CONFIGS = {  # issue 7's chunking targets; not in the default set
+    "long-8k": (8192, 16, 1024, 1024),
+    "long-64k": (65536, 8, 1024, 1024),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CHECK_TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}  # issue 3's targets (fp16 between the two)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated names from {list(CONFIGS) + list(LONG_CONFIGS)} ('' for none)")
+    p.add_argument("--config", action="append", default=[], metavar="T,B,I,H", help="an extra config (repeatable)")
+    p.add_argument("--dtypes", default="bf16,fp32", help="comma-separated from bf16, fp16, fp32")
+    p.add_argument("--impls", default="triton,reference,nn.LSTM",
+                   help="comma-separated from triton, reference, nn.LSTM (chunked/graph variants via --chunk/--cuda-graph)")
+    p.add_argument("--chunk", type=int, action="append", default=[], metavar="K",
+                   help="also time triton with chunk_size=K (repeatable)")
+    p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed repetitions per measurement")
+    p.add_argument("--max-reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-fwd-only", action="store_true", help="skip the forward-only timings")
+    p.add_argument("--check-steps", type=int, default=32, help="sequence length of the correctness check")
+    p.add_argument("--skip-check", action="store_true")
+    p.add_argument("--json", help="write results to this JSON file")
+    return p.parse_args(argv)
+
+
+def config_list(args) -> List[tuple]:
+    out = []
+    for name in filter(None, args.configs.split(",")):
+        table = {**CONFIGS, **LONG_CONFIGS}
+        if name not in table:
+            raise SystemExit(f"--configs: unknown config {name!r}; known: {list(table)}")
+        out.append((name, table[name]))
+    for spec in args.config:
+        try:
+            dims = tuple(int(v) for v in spec.split(","))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise SystemExit(f"--config must be four positive integers T,B,I,H, got {spec!r}")
+        out.append(("T{}-B{}-I{}-H{}".format(*dims), dims))
+    if not out:
+        raise SystemExit("no config to run: give --configs and/or --config")
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable, device, warmup: int, min_time: float, max_reps: int) -> Dict:
+    """Median milliseconds of ``fn`` (CUDA events on a GPU, perf_counter on a CPU) after ``warmup`` runs;
+    repeats until ``min_time`` seconds or ``max_reps`` runs (at least 3)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (len(times) < max_reps and time.perf_counter() - start < min_time):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": len(times)}
+
+
+def peak_mib(fn: Callable, device) -> Optional[float]:
+    """Peak CUDA memory of one call above what was allocated before it (activations, workspace and
+    gradients; parameters and inputs excluded). None on a CPU."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def make_model(impl: str, I: int, H: int, dtype, device) -> nn.Module:
+    if impl == "nn.LSTM":
+        return nn.LSTM(I, H).to(device=device, dtype=dtype)
+    if impl == "reference":
+        return URLSTM(I, H, gate="UR", backend="reference").to(device=device, dtype=dtype)
+    opts = {}
+    if impl.startswith("triton-chunk"):
+        opts["chunk_size"] = int(impl[len("triton-chunk"):])
+    elif impl == "triton-graph":
+        opts["cuda_graph"] = True
+    return URLSTM(I, H, gate="UR", backend="triton", **opts).to(device=device, dtype=dtype)
+
+
+def triton_runs_here(device, dtype) -> str:
+    """'' if the Triton rows can run on ``device`` in ``dtype``, else why not."""
+    from urlstm_triton.triton_backend import unavailable_reason
+
+    reason = unavailable_reason(device)
+    if reason:
+        return reason
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return "the interpreter's bf16 tl.dot is wrong (DESIGN.md): bf16 Triton rows run on a GPU only"
+    return ""
+
+
+def rel_err(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check(dtype_name: str, dims, device, steps: int, impl: str) -> Dict:
+    """Relative errors of the Triton layer (outputs, final states, every gradient) vs float64 autograd on
+    the same bf16/fp32-rounded weights and inputs."""
+    T, B, I, H = dims
+    T = min(T, steps)
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    model = make_model(impl, I, H, dtype, device)
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    h0 = (torch.randn(1, B, H, device=device) * 0.5).to(dtype)
+    c0 = (torch.randn(1, B, H, device=device) * 0.5).to(dtype)
+    leaves = [x, h0, c0] + [p.detach() for p in model.layer_weights()[0]]
+    ours_in = [t.clone().requires_grad_() for t in leaves[:3]]
+    out, (hn, cn) = model(ours_in[0], (ours_in[1], ours_in[2]))
+    probes = [torch.randn_like(t, dtype=torch.float64) for t in (out, hn, cn)]
+    loss = sum((t.double() * p).sum() for t, p in zip((out, hn, cn), probes))
+    ours = [out, hn, cn] + list(torch.autograd.grad(loss, ours_in + list(model.parameters())))
+    ref_in = [t.double().requires_grad_() for t in leaves]
+    x64, h64, c64, w_ih, w_hh, b = ref_in
+    o, h, c = naive_recurrence(x64, w_ih, w_hh, b, h64[0], c64[0], model.spec)
+    loss = (o * probes[0]).sum() + (h * probes[1][0]).sum() + (c * probes[2][0]).sum()
+    ref = [o, h[None], c[None]] + list(torch.autograd.grad(loss, [x64, h64, c64, w_ih, w_hh, b]))
+    names = ["out", "h_n", "c_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "dbias"]
+    errs = {n: rel_err(a, r) for n, a, r in zip(names, ours, ref)}
+    worst = max(errs.values())
+    return {"impl": impl, "dtype": dtype_name, "dims": [T, B, I, H], "errors": errs, "max_error": worst,
+            "tolerance": CHECK_TOL[dtype_name], "ok": bool(worst < CHECK_TOL[dtype_name])}
+
+
+def bench_one(impl: str, dims, dtype, device, args) -> Dict:
+    T, B, I, H = dims
+    torch.manual_seed(0)
+    model = make_model(impl, I, H, dtype, device)
+    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(T, B, H, device=device, dtype=dtype)
+
+    def fwd_bwd():
+        out, _ = model(x)
+        out.backward(grad)
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    res = {"fwd_bwd": time_fn(fwd_bwd, device, args.warmup, args.min_time, args.max_reps),
+           "peak_mib_fwd_bwd": peak_mib(fwd_bwd, device)}
+    if not args.no_fwd_only:
+        res["fwd"] = time_fn(fwd, device, args.warmup, args.min_time, args.max_reps)
+        res["peak_mib_fwd"] = peak_mib(fwd, device)
+    del model, x, grad
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def fmt(v, spec="{:.2f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def render_table(results: List[Dict]) -> str:
+    """One row per config, dtype and implementation; ratios against nn.LSTM and the reference loop."""
+    rows = [("config", "dtype", "impl", "fwd+bwd ms", "fwd ms", "peak MiB", "x nn.LSTM", "ref/this", "note")]
+    by_key = {(r["config"], r["dtype"], r["impl"]): r for r in results if "fwd_bwd" in r}
+    for r in results:
+        key = (r["config"], r["dtype"])
+        if "fwd_bwd" not in r:
+            rows.append((r["config"], r["dtype"], r["impl"], "-", "-", "-", "-", "-", "skipped: " + r.get("skipped", "?")))
+            continue
+        t = r["fwd_bwd"]["median_ms"]
+        lstm = by_key.get(key + ("nn.LSTM",))
+        ref = by_key.get(key + ("reference",))
+        rows.append((r["config"], r["dtype"], r["impl"], fmt(t), fmt(r.get("fwd", {}).get("median_ms")),
+                     fmt(r.get("peak_mib_fwd_bwd"), "{:.0f}"),
+                     fmt(t / lstm["fwd_bwd"]["median_ms"] if lstm else None),
+                     fmt(ref["fwd_bwd"]["median_ms"] / t if ref else None, "{:.1f}"), ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment(device) -> Dict:
+    import triton
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "device": str(device), "cpu": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here (use --device cpu)")
+    configs = config_list(args)
+    dtype_names = [d for d in args.dtypes.split(",") if d]
+    for d in dtype_names:
+        if d not in DTYPES:
+            raise SystemExit(f"--dtypes: unknown dtype {d!r}; known: {list(DTYPES)}")
+    impls = [i for i in args.impls.split(",") if i]
+    for i in impls:
+        if i not in ("triton", "reference", "nn.LSTM"):
+            raise SystemExit(f"--impls: unknown implementation {i!r}")
+    if any(k < 1 for k in args.chunk):
+        raise SystemExit("--chunk must be a positive integer")
+    triton_impls = ["triton"] if "triton" in impls else []
+    triton_impls += [f"triton-chunk{k}" for k in args.chunk]
+    if args.cuda_graph:
+        if device.type != "cuda":
+            raise SystemExit("--cuda-graph needs --device cuda")
+        triton_impls.append("triton-graph")
+    all_impls = triton_impls + [i for i in impls if i != "triton"]
+
+    report = {"environment": environment(device), "checks": [], "results": []}
+    print("environment:", json.dumps(report["environment"]))
+    failed = False
+    if not args.skip_check:
+        for d in dtype_names:
+            reason = triton_runs_here(device, DTYPES[d])
+            if reason:
+                print(f"check {d}: skipped ({reason})")
+                continue
+            for name, dims in configs:
+                for impl in triton_impls:
+                    c = check(d, dims, device, args.check_steps, impl)
+                    c["config"] = name
+                    report["checks"].append(c)
+                    failed |= not c["ok"]
+                    print(f"check {name} {d} {impl} T={c['dims'][0]}: max rel error {c['max_error']:.2e} "
+                          f"(tolerance {c['tolerance']:g}) {'ok' if c['ok'] else 'FAILED'}")
+
+    for name, dims in configs:
+        for d in dtype_names:
+            dtype = DTYPES[d]
+            for impl in all_impls:
+                entry = {"config": name, "dims": list(dims), "dtype": d, "impl": impl}
+                reason = triton_runs_here(device, dtype) if impl.startswith("triton") else ""
+                if reason:
+                    entry["skipped"] = reason
+                else:
+                    try:
+                        entry.update(bench_one(impl, dims, dtype, device, args))
+                    except torch.cuda.OutOfMemoryError as e:  # e.g. save-everything at T=65536
+                        entry["skipped"] = f"out of memory: {str(e).splitlines()[0]}"
+                        torch.cuda.empty_cache()
+                report["results"].append(entry)
+                if "fwd_bwd" in entry:
+                    print(f"{name} {d} {impl}: fwd+bwd {entry['fwd_bwd']['median_ms']:.2f} ms"
+                          + (f", fwd {entry['fwd']['median_ms']:.2f} ms" if "fwd" in entry else "")
+                          + (f", peak {entry['peak_mib_fwd_bwd']:.0f} MiB" if entry["peak_mib_fwd_bwd"] else ""),
+                          flush=True)
+    table = render_table(report["results"])
+    report["table"] = table
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    print()
+    print(table)
+    if failed:
+        print("\nCORRECTNESS CHECK FAILED (see the check lines above)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
