@@ -79,10 +79,13 @@ def _persistent_family():
         return None
 
 
-def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
+def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
+                  steps: Optional[int] = None, gates: int = 4):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
     option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
-    shape (``persistent.suits(batch, hidden, device) -> bool``)."""
+    problem: ``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the
+    number of steps per launch (the chunk size when chunked); the rule is written down in
+    ``kernels/persistent.py`` (``unsuitable_reason``)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "step":
@@ -92,7 +95,8 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
         if persistent is None:
             raise ValueError("kernel='persistent' needs urlstm_triton.kernels.persistent, which is not installed")
         return persistent
-    if persistent is not None and getattr(persistent, "suits", None) and persistent.suits(batch, hidden, device):
+    if persistent is not None and getattr(persistent, "suits", None) and persistent.suits(
+            batch, hidden, device, dtype=dtype, steps=steps, gates=gates):
         return persistent
     return _kernels
 
@@ -105,6 +109,16 @@ def graphed(family):
     if family not in _GRAPHED:
         _GRAPHED[family] = _kernels.GraphedKernels(family)
     return _GRAPHED[family]
+
+
+_SMS = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -133,16 +147,18 @@ def triton_recurrence(
     mode = gate_mode(spec)
     steps, batch, in_size = x.shape
     hidden = w_hh.shape[1]
-    family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device)
+    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
+                               dtype, x.device, opts.get("memory_budget"))
+    family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device, dtype=dtype,
+                           steps=min(chunk or steps, steps), gates=w_hh.shape[0] // hidden)
     if opts.get("cuda_graph", False):
         if x.device.type != "cuda" or kernels_interpreted():
             raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"
                              + (" under TRITON_INTERPRET" if kernels_interpreted() else ""))
         family = graphed(family)
-    config = opts.get("config") or _kernels.pick_config(batch, hidden, x.device.type == "cuda" and not
-                                                         kernels_interpreted(), opts.get("dot_precision", "ieee"))
-    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
-                               dtype, x.device, opts.get("memory_budget"))
+    on_gpu = x.device.type == "cuda" and not kernels_interpreted()
+    config = opts.get("config") or _kernels.pick_config(
+        batch, hidden, on_gpu, opts.get("dot_precision", "ieee"), _num_sms(x.device) if on_gpu else None)
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
