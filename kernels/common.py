@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import triton
 import triton.language as tl
@@ -43,19 +44,32 @@ class TileConfig:
     dot_precision: str = "ieee"
 
 
-def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee") -> TileConfig:
-    """Tile sizes for a (batch, hidden) problem. The interpreter gets the smallest legal tiles (its cost
-    grows with tile area); on a GPU, tiles big enough to feed the tensor cores but small enough that
-    ``cdiv(B, block_b) * cdiv(H, block_h)`` programs still spread over the multiprocessors."""
+def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee",
+                num_sms: Optional[int] = None) -> TileConfig:
+    """Tile sizes for a (batch, hidden) problem.
+
+    The interpreter gets the smallest legal tiles (its cost grows with tile area). On a GPU each step
+    streams ``U`` once per batch tile and ``h`` (or ``dz``) once per hidden tile: bytes per step
+    ~ ``2 B H^2 (G/block_b + 1/block_h)``, so the batch tile is as large as the registers allow (up to 128
+    rows: ``U``, the larger operand, is then read once per step) and the hidden tile the largest of
+    64/32/16 that still gives every multiprocessor a program (latency: a program's share of ``U`` shrinks
+    with block_h), keeping G accumulators of block_b x block_h fp32 within 16K values per program.
+    These are first guesses, not measurements: ``scripts/bench_kernels.py --tile`` times alternatives.
+    """
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
     if not on_gpu:
         return TileConfig(dot_precision=dot_precision)
-    block_b = min(64, max(16, triton.next_power_of_2(batch)))
-    # Fewer hidden units per program when the batch tile is large, so that H/block_h programs fill the GPU.
-    block_h = 32 if (block_b >= 64 or hidden <= 512) else 64
+    num_sms = num_sms or 132
+    block_b = min(128, max(16, triton.next_power_of_2(batch)))
+    n_b = -(-batch // block_b)
+    block_h = 16
+    for bh in (64, 32):
+        if block_b * bh <= 4096 and n_b * -(-hidden // bh) >= num_sms:
+            block_h = bh
+            break
     block_k = 64 if hidden >= 64 else 32
-    num_warps = 4 if block_b * block_h <= 2048 else 8
+    num_warps = 8 if block_b * block_h >= 2048 else 4
     return TileConfig(block_b, block_h, block_k, num_warps, dot_precision)
 
 

@@ -6,6 +6,7 @@ forward only (no grad), and peak memory of one forward+backward (CUDA), for
 - ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
 - ``triton-graph``      the same with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
+- ``triton-tB.H.K.W``   the same with explicit tile sizes (``--tile B,H,K,W``: tuning the step kernels)
 - ``reference``         URLSTM(gate="UR", backend="reference"): the PyTorch loop
 - ``nn.LSTM``           torch.nn.LSTM (cuDNN on a GPU): the speed a user gives up by leaving nn.LSTM
 
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, action="append", default=[], metavar="K",
                    help="also time triton with chunk_size=K (repeatable)")
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
+    p.add_argument("--tile", action="append", default=[], metavar="BB,BH,BK,WARPS",
+                   help="also time triton with these tile sizes (block_b, block_h, block_k, num_warps; repeatable)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed repetitions per measurement")
     p.add_argument("--max-reps", type=int, default=20)
@@ -143,6 +146,11 @@ def make_model(impl: str, I: int, H: int, dtype, device) -> nn.Module:
         opts["chunk_size"] = int(impl[len("triton-chunk"):])
     elif impl == "triton-graph":
         opts["cuda_graph"] = True
+    elif impl.startswith("triton-t"):
+        from urlstm_triton.kernels import TileConfig
+
+        bb, bh, bk, w = (int(v) for v in impl[len("triton-t"):].split("."))
+        opts["config"] = TileConfig(bb, bh, bk, w)
     return URLSTM(I, H, gate="UR", backend="triton", **opts).to(device=device, dtype=dtype)
 
 
@@ -276,6 +284,14 @@ def main(argv=None) -> int:
         raise SystemExit("--chunk must be a positive integer")
     triton_impls = ["triton"] if "triton" in impls else []
     triton_impls += [f"triton-chunk{k}" for k in args.chunk]
+    for tile in args.tile:
+        try:
+            dims = [int(v) for v in tile.split(",")]
+        except ValueError:
+            dims = []
+        if len(dims) != 4 or min(dims[:3]) < 16 or any(d & (d - 1) for d in dims):
+            raise SystemExit(f"--tile must be four powers of two BB,BH,BK,WARPS (blocks >= 16), got {tile!r}")
+        triton_impls.append("triton-t" + ".".join(map(str, dims)))
     if args.cuda_graph:
         if device.type != "cuda":
             raise SystemExit("--cuda-graph needs --device cuda")
