@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+import triton.runtime.errors
 from torch import Tensor
 
 from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, interpreting, num_gates, sigmoid, tanh
@@ -187,7 +188,7 @@ def _dz_times_u(dz_ptr, w_ptr, w0, w1, w2, w3, rows, mb, units, mu, H,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_spins"])
 def _persistent_fwd_kernel(
     xp_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, sync_ptr, err_ptr,
     K, B, H, max_spins,
@@ -277,7 +278,7 @@ def _persistent_fwd_kernel(
             spin_limit = _grid_barrier(sync, err_ptr, (t + 1) * n_h, spin_limit)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_spins"])
 def _persistent_bwd_kernel(
     dout_last_ptr, w_ptr, gates_last_ptr, cs_last_ptr, dz_last_ptr, dc_ptr, dzn_ptr, dh_in_ptr, sync_ptr, err_ptr,
     K, B, H, max_spins,
@@ -611,13 +612,17 @@ def _launch_forward(xproj, w_hh, hs, cs, gates, mode, plan: PersistentPlan, cfg:
     steps, batch, _ = xproj.shape
     save = gates is not None
     sync, err = _flags(plan.n_b, xproj.device)
-    _persistent_fwd_kernel[(plan.n_h, plan.n_b)](
-        xproj, w_hh, hs, cs, gates if save else cs, sync, err,
-        steps, batch, w_hh.shape[1], cfg.max_spins,
-        MODE=mode, SAVE_GATES=save, U_ON_CHIP=plan.u_on_chip, PRECISION=cfg.dot_precision,
-        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        num_warps=plan.num_warps, num_stages=1,  # no software pipelining of loads across the grid barrier
-    )
+
+    def launch(pl: PersistentPlan):
+        _persistent_fwd_kernel[(pl.n_h, pl.n_b)](
+            xproj, w_hh, hs, cs, gates if save else cs, sync, err,
+            steps, batch, w_hh.shape[1], cfg.max_spins,
+            MODE=mode, SAVE_GATES=save, U_ON_CHIP=pl.u_on_chip, PRECISION=cfg.dot_precision,
+            BLOCK_B=pl.block_b, BLOCK_H=pl.block_h, BLOCK_K=pl.block_k,
+            num_warps=pl.num_warps, num_stages=1,  # no software pipelining of loads across the grid barrier
+        )
+
+    _launch_or_stream(launch, plan, cfg)
     _check_timeout(err, cfg.check, "forward")
 
 
@@ -654,15 +659,31 @@ def _launch_backward(d_out, w_hh, gates, cs, dzs, dc, mode, plan: PersistentPlan
     steps, batch, hidden = d_out.shape
     sync, err = _flags(plan.n_b, d_out.device)
     has_next = dz_next is not None
-    _persistent_bwd_kernel[(plan.n_h, plan.n_b)](
-        d_out[steps - 1], w_hh, gates[steps - 1], cs[steps], dzs[steps - 1], dc,
-        dz_next if has_next else dc, dh_last if not has_next else dc, sync, err,
-        steps, batch, hidden, cfg.max_spins,
-        MODE=mode, HAS_NEXT=has_next, U_ON_CHIP=plan.u_on_chip, PRECISION=cfg.dot_precision,
-        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-        num_warps=plan.num_warps, num_stages=1,
-    )
+
+    def launch(pl: PersistentPlan):
+        _persistent_bwd_kernel[(pl.n_h, pl.n_b)](
+            d_out[steps - 1], w_hh, gates[steps - 1], cs[steps], dzs[steps - 1], dc,
+            dz_next if has_next else dc, dh_last if not has_next else dc, sync, err,
+            steps, batch, hidden, cfg.max_spins,
+            MODE=mode, HAS_NEXT=has_next, U_ON_CHIP=pl.u_on_chip, PRECISION=cfg.dot_precision,
+            BLOCK_B=pl.block_b, BLOCK_H=pl.block_h, BLOCK_K=pl.block_k,
+            num_warps=pl.num_warps, num_stages=1,
+        )
+
+    _launch_or_stream(launch, plan, cfg)
     _check_timeout(err, cfg.check, "backward")
+
+
+def _launch_or_stream(launch, plan: PersistentPlan, cfg: PersistentConfig) -> None:
+    """``launch(plan)``; if the compiled program with U on chip needs more shared memory than the SM has
+    (the planner's budget is an estimate), launch the streamed variant instead, unless U on chip was forced.
+    The failed launch never started, so the zeroed barrier counters are still valid."""
+    try:
+        launch(plan)
+    except triton.runtime.errors.OutOfResources:
+        if not plan.u_on_chip or cfg.u_on_chip:
+            raise
+        launch(replace(plan, u_on_chip=False, block_k=min(cfg.block_k, plan.block_k)))
 
 
 __all__ = [

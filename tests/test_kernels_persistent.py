@@ -299,3 +299,23 @@ def test_gpu_refuses_a_grid_larger_than_the_device():
 @pytest.mark.cuda
 def test_gpu_auto_picks_persistent_for_the_adding_config():
     assert choose_kernel("auto", 10, 256, torch.device("cuda"), dtype=torch.bfloat16, steps=2000) is P
+
+
+def test_u_on_chip_that_does_not_compile_falls_back_to_streaming():
+    """The on-chip budget is an estimate: if the compiled program needs more shared memory than the SM has,
+    the launch is retried with U streamed; a forced u_on_chip=True surfaces the error instead."""
+    import triton
+
+    plan = P.plan_persistent(10, 256, 4, torch.bfloat16, H200)
+    assert plan.u_on_chip and plan.block_k == 256
+    tried = []
+
+    def launch(pl):
+        tried.append((pl.u_on_chip, pl.block_k))
+        if pl.u_on_chip:
+            raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+
+    P._launch_or_stream(launch, plan, P.PersistentConfig())
+    assert tried == [(True, 256), (False, 64)]
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        P._launch_or_stream(launch, plan, P.PersistentConfig(u_on_chip=True))
