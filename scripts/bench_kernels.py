@@ -5,7 +5,7 @@ forward only (no grad), and peak memory of one forward+backward (CUDA), for
 
 - ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
-- ``triton-graph``      the same with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
+- ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
 - ``triton-tB.H.K.W``   the same with explicit tile sizes (``--tile B,H,K,W``: tuning the step kernels)
 - ``reference``         URLSTM(gate="UR", backend="reference"): the PyTorch loop
 - ``nn.LSTM``           torch.nn.LSTM (cuDNN on a GPU): the speed a user gives up by leaving nn.LSTM
@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--check-steps", type=int, default=32, help="sequence length of the correctness check")
     p.add_argument("--skip-check", action="store_true")
     p.add_argument("--json", help="write results to this JSON file")
+    p.add_argument("--summarize", nargs="+", metavar="JSON",
+                   help="print the checks and the table of earlier runs' JSON files, and exit")
     return p.parse_args(argv)
 
 
@@ -136,22 +138,29 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def triton_options(impl: str) -> Dict:
+    """Backend options from a Triton row's name: ``triton[-chunkK][-graph][-tBB.BH.BK.W]``."""
+    from urlstm_triton.kernels import TileConfig
+
+    opts = {}
+    for part in impl.split("-")[1:]:
+        if part.startswith("chunk"):
+            opts["chunk_size"] = int(part[len("chunk"):])
+        elif part == "graph":
+            opts["cuda_graph"] = True
+        elif part.startswith("t"):
+            opts["config"] = TileConfig(*(int(v) for v in part[1:].split(".")))
+        else:
+            raise ValueError(f"bad triton row name {impl!r}")
+    return opts
+
+
 def make_model(impl: str, I: int, H: int, dtype, device) -> nn.Module:
     if impl == "nn.LSTM":
         return nn.LSTM(I, H).to(device=device, dtype=dtype)
     if impl == "reference":
         return URLSTM(I, H, gate="UR", backend="reference").to(device=device, dtype=dtype)
-    opts = {}
-    if impl.startswith("triton-chunk"):
-        opts["chunk_size"] = int(impl[len("triton-chunk"):])
-    elif impl == "triton-graph":
-        opts["cuda_graph"] = True
-    elif impl.startswith("triton-t"):
-        from urlstm_triton.kernels import TileConfig
-
-        bb, bh, bk, w = (int(v) for v in impl[len("triton-t"):].split("."))
-        opts["config"] = TileConfig(bb, bh, bk, w)
-    return URLSTM(I, H, gate="UR", backend="triton", **opts).to(device=device, dtype=dtype)
+    return URLSTM(I, H, gate="UR", backend="triton", **triton_options(impl)).to(device=device, dtype=dtype)
 
 
 def triton_runs_here(device, dtype) -> str:
@@ -252,6 +261,14 @@ def render_table(results: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str, report: Dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
 def environment(device) -> Dict:
     import triton
 
@@ -266,8 +283,30 @@ def environment(device) -> Dict:
     return env
 
 
+def summarize(paths: List[str]) -> int:
+    """Print the checks and the table of each JSON report (a missing file is reported, not an error)."""
+    failed = False
+    for path in paths:
+        if not os.path.exists(path):
+            print(f"\n{path}: missing")
+            continue
+        with open(path) as f:
+            rep = json.load(f)
+        checks = rep.get("checks", [])
+        bad = [c for c in checks if not c["ok"]]
+        failed |= bool(bad)
+        print(f"\n{path}: {len(checks)} checks, {len(bad)} failed; {len(rep.get('results', []))} rows")
+        for c in checks:
+            print(f"  check {c['config']} {c['dtype']} {c['impl']}: max rel error {c['max_error']:.1e}"
+                  + ("" if c["ok"] else "  FAILED " + str({k: f"{v:.1e}" for k, v in c["errors"].items()})))
+        print(render_table(rep.get("results", [])))
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (use --device cpu)")
@@ -282,8 +321,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"--impls: unknown implementation {i!r}")
     if any(k < 1 for k in args.chunk):
         raise SystemExit("--chunk must be a positive integer")
-    triton_impls = ["triton"] if "triton" in impls else []
-    triton_impls += [f"triton-chunk{k}" for k in args.chunk]
+    base = ["triton"] if "triton" in impls else []
+    base += [f"triton-chunk{k}" for k in args.chunk]
+    triton_impls = list(base)
     for tile in args.tile:
         try:
             dims = [int(v) for v in tile.split(",")]
@@ -295,7 +335,7 @@ def main(argv=None) -> int:
     if args.cuda_graph:
         if device.type != "cuda":
             raise SystemExit("--cuda-graph needs --device cuda")
-        triton_impls.append("triton-graph")
+        triton_impls += [b + "-graph" for b in base]
     all_impls = triton_impls + [i for i in impls if i != "triton"]
 
     report = {"environment": environment(device), "checks": [], "results": []}
@@ -312,6 +352,8 @@ def main(argv=None) -> int:
                     c = check(d, dims, device, args.check_steps, impl)
                     c["config"] = name
                     report["checks"].append(c)
+                    if args.json:
+                        write_json(args.json, report)
                     failed |= not c["ok"]
                     print(f"check {name} {d} {impl} T={c['dims'][0]}: max rel error {c['max_error']:.2e} "
                           f"(tolerance {c['tolerance']:g}) {'ok' if c['ok'] else 'FAILED'}")
@@ -331,6 +373,8 @@ def main(argv=None) -> int:
                         entry["skipped"] = f"out of memory: {str(e).splitlines()[0]}"
                         torch.cuda.empty_cache()
                 report["results"].append(entry)
+                if args.json:  # after every row, so that a run cut short keeps what it measured
+                    write_json(args.json, report)
                 if "fwd_bwd" in entry:
                     print(f"{name} {d} {impl}: fwd+bwd {entry['fwd_bwd']['median_ms']:.2f} ms"
                           + (f", fwd {entry['fwd']['median_ms']:.2f} ms" if "fwd" in entry else "")
@@ -339,8 +383,7 @@ def main(argv=None) -> int:
     table = render_table(report["results"])
     report["table"] = table
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.json, report)
     print()
     print(table)
     if failed:

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The one prepared GPU check for the Triton kernels (issues 3 and 7). Run it on a CUDA machine from the
+# repository root, e.g. through the device tool:   bash scripts/gpu_check.sh
+# It writes everything under $OUT (default /tmp/gpu_check), at most 8 files: env.txt, bench.json/.log
+# (DESIGN.md's five configs, bf16 + fp32, Triton vs reference vs cuDNN, with a float64 check first),
+# pytest.log (every @pytest.mark.cuda test), long.json, long64k.json, long.log (issue 7: T=8192 chunked vs
+# save-everything, T=65536 chunked), sweep.json (tile sizes of the step kernels). Each stage has its own
+# time limit (sum 485 s, setup included about 8 minutes at worst; typically less) and the tables come last.
+# Needs torch + triton (+ pytest) already installed; no network.
+set -u
+OUT="${OUT:-/tmp/gpu_check}"
+mkdir -p "$OUT"
+PY="${PY:-python3}"
+export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
+unset TRITON_INTERPRET
+START=$(date +%s)
+stage() { echo; echo "=== $1 ($(( $(date +%s) - START )) s) ==="; }
+
+stage "environment"
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.get_device_name(0))"
+  git log -1 --format='commit %H %s' 2>/dev/null
+} 2>&1 | tee "$OUT/env.txt"
+
+stage "install (no network: no dependencies, no build isolation)"
+if ! "$PY" -c "import urlstm_triton.kernels" 2>/dev/null; then
+  if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/tmp/install.log 2>&1; then
+    echo "editable install failed; installing a copy into /tmp/urlstm-site" | tee -a "$OUT/env.txt"
+    "$PY" -m pip install -q --no-deps --no-build-isolation --target /tmp/urlstm-site . >>/tmp/install.log 2>&1
+    export PYTHONPATH="/tmp/urlstm-site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  tail -5 /tmp/install.log >>"$OUT/env.txt"
+fi
+"$PY" -c "import urlstm_triton.kernels, urlstm_triton.triton_backend as b, torch; print('triton backend available on cuda:', b.is_available(torch.device('cuda')))" \
+  || { echo "cannot import the package; giving up"; exit 1; }
+
+set -o pipefail
+stage "benchmark: DESIGN.md's five configs (check vs float64 first)"
+timeout 210 "$PY" scripts/bench_kernels.py --cuda-graph --min-time 0.3 --max-reps 10 --json "$OUT/bench.json" \
+  2>&1 | tee "$OUT/bench.log" | grep -E "^check|FAILED|Error" | tail -30
+BENCH_RC=$?
+
+stage "pytest -m cuda"
+XDIST=""
+"$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
+timeout 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors $XDIST tests \
+  2>&1 | tee "$OUT/pytest.log" | tail -25
+TEST_RC=$?
+
+stage "issue 7: long sequences, chunked"
+timeout 60 "$PY" scripts/bench_kernels.py --configs long-8k --dtypes bf16 --impls triton,nn.LSTM --chunk 256 \
+  --chunk 1024 --cuda-graph --min-time 0 --max-reps 3 --warmup 1 --check-steps 16 --json "$OUT/long.json" \
+  >"$OUT/long.log" 2>&1
+timeout 50 "$PY" scripts/bench_kernels.py --configs long-64k --dtypes bf16 --impls "" --chunk 1024 --cuda-graph \
+  --min-time 0 --max-reps 3 --warmup 1 --no-fwd-only --skip-check --json "$OUT/long64k.json" \
+  >>"$OUT/long.log" 2>&1
+tail -3 "$OUT/long.log"
+
+stage "tile sweep of the step kernels (bf16, fwd+bwd)"
+timeout 45 "$PY" scripts/bench_kernels.py --configs lm-seed,adding --dtypes bf16 --impls triton --skip-check \
+  --no-fwd-only --min-time 0.2 --max-reps 5 --warmup 1 \
+  --tile 128,32,64,8 --tile 64,32,64,4 --tile 64,64,64,8 --tile 16,32,64,4 --json "$OUT/sweep.json" \
+  >/dev/null 2>&1
+
+stage "summary"
+"$PY" scripts/bench_kernels.py --summarize "$OUT/sweep.json" "$OUT/long64k.json" "$OUT/long.json" "$OUT/bench.json"
+echo
+echo "bench rc=$BENCH_RC pytest rc=$TEST_RC; total $(( $(date +%s) - START )) s; files in $OUT:"
+ls "$OUT"
+grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
