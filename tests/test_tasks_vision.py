@@ -195,5 +195,5 @@ def test_unknown_task_and_unreachable_hub(monkeypatch):
         vision_task("mnist")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="point --data at a local file"):
+    with pytest.raises(DataError, match="point --data at a local file"):
         load_hub(MNIST, "no-such-user/no-such-dataset")

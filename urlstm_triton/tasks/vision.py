@@ -32,11 +32,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..training.session import DataError as TrainingDataError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class DataError(ValueError):
-    """A data file that cannot be used: the message names the file and what is wrong with it."""
+class DataError(TrainingDataError):
+    """A data file that cannot be used: the message names the file and what is wrong with it.
+
+    A ``ValueError``; trainers' ``run_main`` turns it into one line on stderr and exit status 2."""
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """The data file does not exist where it was looked for."""
 
 
 @dataclass(frozen=True)
@@ -168,12 +176,12 @@ def resolve_data_path(path) -> Path:
     p = Path(os.path.expanduser(str(path)))
     if p.exists() or p.is_absolute():
         if not p.exists():
-            raise FileNotFoundError(f"data file not found: {p}")
+            raise DataFileNotFound(f"data file not found: {p}")
         return p
     alt = PROJECT_ROOT / p
     if alt.exists():
         return alt
-    raise FileNotFoundError(f"data file not found: {path} (looked in {Path.cwd()} and in the project root "
+    raise DataFileNotFound(f"data file not found: {path} (looked in {Path.cwd()} and in the project root "
                             f"{PROJECT_ROOT})")
 
 
@@ -322,7 +330,7 @@ def load_hub(spec: ImageSpec, hub_name: Optional[str] = None) -> Tuple[ImageSet,
 
         ds = datasets.load_dataset(name)
     except Exception as err:
-        raise RuntimeError(
+        raise DataError(
             f"could not load the {spec.name} data set {name!r} through `datasets` ({type(err).__name__}: {err}). "
             "Without network access, point --data at a local file: a .csv/.csv.gz with "
             f"{spec.values_per_image} pixel values (0..255) then the label on each row (e.g. "
@@ -332,11 +340,11 @@ def load_hub(spec: ImageSpec, hub_name: Optional[str] = None) -> Tuple[ImageSet,
     sets = []
     for split in ("train", "test"):
         if split not in ds:
-            raise RuntimeError(f"hub data set {name!r} has no {split!r} split (splits: {list(ds)})")
+            raise DataError(f"hub data set {name!r} has no {split!r} split (splits: {list(ds)})")
         part = ds[split]
         image_col = next((c for c in ("image", "img") if c in part.column_names), None)
         if image_col is None or "label" not in part.column_names:
-            raise RuntimeError(f"hub data set {name!r} has columns {part.column_names}; expected image/img and label")
+            raise DataError(f"hub data set {name!r} has columns {part.column_names}; expected image/img and label")
         source = f"{name} [{split}]"
         pixels = np.stack([np.asarray(im) for im in part[image_col]])
         sets.append(ImageSet(to_sequences(pixels, spec, source),

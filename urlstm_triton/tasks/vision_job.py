@@ -1,0 +1,157 @@
+"""The pixel-sequence trainer (``train/vision.py``): sequential MNIST, permuted MNIST, sequential CIFAR-10, any
+gate variant, on the shared training machinery (``urlstm_triton.training``).
+
+The data are read and checked in full before the run starts, so a malformed file fails at once with its name.
+Permuted MNIST draws its one permutation from ``data.permutation_seed`` and writes it to
+``<run>/permutation.json``; a resumed run checks that it draws the same one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..training import ConfigError, RunSession, Task, Trainer, parse_config
+from ..training.checkpoint import write_json_atomic
+from .config import VISION_PRESETS, VisionJobConfig
+from .models import SequenceClassifier, make_recurrent
+from .run_summary import complete_summary
+from .synthetic import batch_generator
+from .vision import ImageSet, PixelSequences, fixed_permutation, load_vision_data, vision_task
+
+EVAL_SPLIT = "test"
+PAPER_ACCURACY = {"smnist": 0.9928, "pmnist": 0.9696, "scifar": 0.7100}  # UR-LSTM, Gu et al. 2020, full data
+
+
+def load_data(cfg: VisionJobConfig):
+    d = cfg.data
+    return load_vision_data(d.task, d.data, d.test_data, d.hub_name, d.test_fraction, d.split_seed,
+                            d.label_column, d.max_train, d.max_test)
+
+
+def permutation_for(cfg: VisionJobConfig):
+    spec, permuted = vision_task(cfg.data.task)
+    return fixed_permutation(spec.seq_len, cfg.data.permutation_seed) if permuted else None
+
+
+def save_permutation(run_dir: Path, perm: torch.Tensor, seed: int) -> None:
+    """Write the permutation beside the run; refuse to continue a run whose saved permutation differs."""
+    path = Path(run_dir) / "permutation.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("permutation") != perm.tolist():
+            raise ConfigError(f"{path} holds another permutation than data.permutation_seed={seed} draws: this run "
+                              "directory belongs to a different permuted-MNIST task")
+        return
+    write_json_atomic({"seed": seed, "permutation": perm.tolist()}, path)
+
+
+def build_model(cfg: VisionJobConfig, seq_len: int, channels: int) -> torch.nn.Module:
+    m, d = cfg.model, cfg.data
+    rnn = make_recurrent(m.variant, channels, m.hidden, num_layers=m.layers, backend=m.backend,
+                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(seq_len))
+    return SequenceClassifier(rnn, m.hidden, seq_len, readout=d.readout, mlp_hidden=d.mlp_hidden)
+
+
+class VisionTrainTask(Task):
+    """Cross-entropy classification of pixel sequences. Batches come from an endless stream of epochs, each a
+    fresh shuffle drawn from ``(seed, epoch)``: the batch of a step is a pure function of the step."""
+
+    eval_splits = (EVAL_SPLIT,)
+    unit = "images"
+
+    def __init__(self, train: PixelSequences, test: PixelSequences, batch_size: int, eval_batch_size: int,
+                 seed: int, session: RunSession):
+        self.train, self.test = train, test
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.acc = session.accelerator
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self._orders: Dict[int, torch.Tensor] = {}
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            self._orders = {epoch: torch.randperm(len(self.train), generator=batch_generator(self.seed, 2, epoch))}
+        return self._orders[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Training-set indices of this process's batch at optimiser step ``step`` (1-based)."""
+        n = len(self.train)
+        start = ((step - 1) * self.world + self.rank) * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            out.append(int(self._epoch_order(pos // n)[pos % n]))
+        return torch.tensor(out)
+
+    def train_batches(self, step: int, n_micro: int) -> List[Any]:
+        idx = self.indices(step)
+        x = self.train.images[idx].float().div_(255.0).to(self.acc.device)
+        y = self.train.labels[idx].to(self.acc.device)
+        return list(zip(x.chunk(n_micro), y.chunk(n_micro)))
+
+    def loss(self, model, micro_batch):
+        x, y = micro_batch
+        return F.cross_entropy(model(x).float(), y), len(y)
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str, max_batches: int = 0) -> Dict[str, float]:
+        dev = self.acc.device
+        n = len(self.test)
+        starts = list(range(0, n, self.eval_batch_size))[: max_batches or None][self.rank::self.world]
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss, correct, images
+        for s in starts:
+            x = self.test.images[s:s + self.eval_batch_size].float().div_(255.0).to(dev)
+            y = self.test.labels[s:s + self.eval_batch_size].to(dev)
+            logits = model(x).float()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(-1) == y).sum().double()
+            sums[2] += len(y)
+        if self.world > 1:
+            sums = self.acc.reduce(sums, reduction="sum")
+        count = max(float(sums[2]), 1.0)
+        return {"loss": float(sums[0]) / count, "accuracy": float(sums[1]) / count}
+
+
+def run(cfg: VisionJobConfig) -> Dict[str, Any]:
+    train_set, test_set = load_data(cfg)  # every check on the files happens here, before anything else
+    if cfg.data.epochs > 0:
+        per_step = cfg.data.batch_size  # per process; one process unless launched with several
+        cfg.train.steps = max(1, math.ceil(cfg.data.epochs * len(train_set) / per_step))
+    perm = permutation_for(cfg)
+    session = RunSession(cfg, job=f"vision-{cfg.data.task}")
+    if perm is not None and session.is_main:
+        save_permutation(session.run_dir, perm, cfg.data.permutation_seed)
+    train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
+    spec, _ = vision_task(cfg.data.task)
+    model = build_model(cfg, spec.seq_len, spec.channels)
+    task = VisionTrainTask(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
+    summary = Trainer(session, model, task).fit()
+    extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
+             "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
+             "test_images": len(test_set), "epochs": summary["step"] * cfg.data.batch_size / len(train_set),
+             "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
+             "device": str(session.accelerator.device)}
+    if session.is_main:
+        summary = complete_summary(summary, session.run_dir, EVAL_SPLIT, extra)
+    return summary
+
+
+def _given(argv: Sequence[str], *keys: str) -> bool:
+    return any(tok.split("=")[0].replace("-", "_") in {"__" + k.lstrip("-") for k in keys} for tok in argv)
+
+
+def main(argv: Sequence[str] = None) -> Dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(VisionJobConfig, argv, presets=VISION_PRESETS, default_preset="smnist",
+                       prog="train/vision.py")
+    # presets count in epochs; an explicit step count on the command line wins over a preset's epochs
+    if _given(argv, "steps", "train.steps"):
+        if _given(argv, "epochs", "data.epochs") and cfg.data.epochs > 0:
+            raise ConfigError("give either --data.epochs or --train.steps, not both")
+        cfg.data.epochs = 0.0
+    return run(cfg)
