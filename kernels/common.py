@@ -73,6 +73,12 @@ def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "iee
     return TileConfig(block_b, block_h, block_k, num_warps, dot_precision)
 
 
+def dot_precision(config: TileConfig, dtype) -> str:
+    """``tl.dot``'s input_precision for operands of ``dtype`` (a torch dtype): the configured one for fp32;
+    for half precision the default ("tf32", which only concerns fp32 operands) so the tensor cores run."""
+    return config.dot_precision if str(dtype) == "torch.float32" else "tf32"
+
+
 @triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TileConfig, num_gates, tanh
+from .common import TileConfig, dot_precision, num_gates, tanh
 
 
 @triton.jit
@@ -39,10 +39,9 @@ def _dz_dot(acc, dz_ptr, w_ptr, q, rb, rh, mb, mh, H, GH, BLOCK_K: tl.constexpr,
 @triton.jit(do_not_specialize=["t", "tn"])
 def _bwd_step_kernel(
     dout_ptr, dz_ptr, dzn_ptr, dh_in_ptr, w_ptr, gates_ptr, cs_ptr, dc_ptr, t, tn, B, H,
-    MODE: tl.constexpr, HAS_NEXT: tl.constexpr, PRECISION: tl.constexpr,
+    MODE: tl.constexpr, G: tl.constexpr, HAS_NEXT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 3 if MODE == 0 else 4
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -153,8 +152,8 @@ def backward_sequence(
     else:
         assert dh_last.shape == (batch, hidden) and dh_last.dtype == torch.float32 and dh_last.is_contiguous()
     grid = (triton.cdiv(batch, config.block_b), triton.cdiv(hidden, config.block_h))
-    meta = dict(MODE=mode, PRECISION=config.dot_precision, BLOCK_B=config.block_b, BLOCK_H=config.block_h,
-                BLOCK_K=config.block_k, num_warps=config.num_warps)
+    meta = dict(MODE=mode, G=num_gates(mode), PRECISION=dot_precision(config, dzs.dtype),
+                BLOCK_B=config.block_b, BLOCK_H=config.block_h, BLOCK_K=config.block_k, num_warps=config.num_warps)
     for t in range(steps - 1, -1, -1):
         last = t == steps - 1
         if last and dz_next is None:

@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, num_gates, sigmoid, tanh
+from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, dot_precision, num_gates, sigmoid,
+                     tanh)
 
 
 @triton.jit
@@ -27,10 +28,9 @@ def _gate_dot(acc, hk, w_ptr, q, rk, rh, mk, mh, H, PRECISION: tl.constexpr):
 @triton.jit(do_not_specialize=["t"])
 def _fwd_step_kernel(
     xp_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, t, B, H,
-    MODE: tl.constexpr, SAVE_GATES: tl.constexpr, PRECISION: tl.constexpr,
+    MODE: tl.constexpr, G: tl.constexpr, SAVE_GATES: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 3 if MODE == 0 else 4
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -125,7 +125,7 @@ def forward_sequence(
     for t in range(steps):
         _fwd_step_kernel[grid](
             xproj, w_hh, hs, cs, gates_arg, t, batch, hidden,
-            MODE=mode, SAVE_GATES=save, PRECISION=config.dot_precision,
+            MODE=mode, G=num_gates(mode), SAVE_GATES=save, PRECISION=dot_precision(config, xproj.dtype),
             BLOCK_B=config.block_b, BLOCK_H=config.block_h, BLOCK_K=config.block_k, num_warps=config.num_warps,
         )
 

@@ -25,6 +25,7 @@ cell state and all gate math stay in fp32, and ``c_T`` is returned in fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Optional
 
@@ -163,7 +164,9 @@ def triton_recurrence(
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
     h0c, c0c, w_hhc = h0.to(dtype), c0.to(torch.float32), w_hh.to(dtype).contiguous()
-    with torch.autocast(x.device.type, enabled=False):
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    on_device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with on_device, torch.autocast(x.device.type, enabled=False):
         if chunk is None:
             xproj = F.linear(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype)).contiguous()
             grad = torch.is_grad_enabled() and any(
