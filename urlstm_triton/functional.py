@@ -176,6 +176,14 @@ def urlstm(
         )
 
     recurrence = resolve_backend(backend, spec, x.device, x.dtype)
+    if backend_options and recurrence is reference_recurrence:
+        # Options such as chunk_size tune the kernels; the reference has none.
+        if backend == "reference":
+            raise TypeError(f"backend='reference' takes no backend options, got {sorted(backend_options)}")
+        _warn_once(("ignored", tuple(sorted(backend_options))),
+                   f"backend options {sorted(backend_options)} tune the Triton kernels; the reference recurrence "
+                   f"that runs here (device {x.device.type}, gate {spec.code!r}) ignores them")
+        backend_options = {}
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
