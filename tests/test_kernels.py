@@ -315,3 +315,14 @@ def test_cuda_auto_backend_and_autocast_bf16():
         assert all(p.grad.dtype == torch.float32 for p in mod.parameters())
     for a, b in zip(*outs):  # two bf16 computations, each within 2e-2 of float64
         assert rel(a, b) < 4e-2
+
+
+def test_backend_options_with_the_reference():
+    """auto on a CPU runs the reference: kernel options are ignored with a warning (so a model configured
+    for a GPU still runs on a laptop); an explicit reference backend rejects them."""
+    m = URLSTM(3, 4, backend="auto", chunk_size=2, cuda_graph=False)
+    with pytest.warns(UserWarning, match="chunk_size"):
+        out, _ = m(torch.randn(5, 2, 3))
+    assert out.shape == (5, 2, 4)
+    with pytest.raises(TypeError, match="backend='reference' takes no backend options"):
+        URLSTM(3, 4, backend="reference", chunk_size=2)(torch.randn(5, 2, 3))
