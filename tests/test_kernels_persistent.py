@@ -319,3 +319,66 @@ def test_u_on_chip_that_does_not_compile_falls_back_to_streaming():
     assert tried == [(True, 256), (False, 64)]
     with pytest.raises(triton.runtime.errors.OutOfResources):
         P._launch_or_stream(launch, plan, P.PersistentConfig(u_on_chip=True))
+
+
+# ------------------------------------------------------------- compiled for a GPU, without one (ptxas)
+
+_COMPILE_SM90 = r'''
+import json, sys, torch, triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from urlstm_triton.kernels import persistent as P
+
+H200 = P.DeviceLimits(sm_count=132, smem_per_block=232448, regs_per_sm=65536)
+out = []
+for B, H, dtype in ((10, 256, torch.bfloat16), (50, 1024, torch.bfloat16)):
+    plan = P.plan_persistent(B, H, 4, dtype, H200)
+    d = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
+    meta = {"U_ON_CHIP": plan.u_on_chip, "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+            "BLOCK_B": plan.block_b, "BLOCK_H": plan.block_h, "BLOCK_K": plan.block_k, "MODE": 1}
+    ints = {"K": "i32", "B": "i32", "H": "i32", "max_spins": "i32"}
+    fwd = dict(xp_ptr=d, w_ptr=d, hs_ptr=d, cs_ptr="*fp32", gates_ptr="*fp32", sync_ptr="*i32", err_ptr="*i32",
+               **ints, MODE="constexpr", SAVE_GATES="constexpr", U_ON_CHIP="constexpr", PRECISION="constexpr",
+               BLOCK_B="constexpr", BLOCK_H="constexpr", BLOCK_K="constexpr")
+    bwd = dict(dout_last_ptr=d, w_ptr=d, gates_last_ptr="*fp32", cs_last_ptr="*fp32", dz_last_ptr=d,
+               dc_ptr="*fp32", dzn_ptr=d, dh_in_ptr="*fp32", sync_ptr="*i32", err_ptr="*i32", **ints,
+               MODE="constexpr", HAS_NEXT="constexpr", U_ON_CHIP="constexpr", PRECISION="constexpr",
+               BLOCK_B="constexpr", BLOCK_H="constexpr", BLOCK_K="constexpr")
+    for name, fn, sig, extra in (("fwd", P._persistent_fwd_kernel, fwd, {"SAVE_GATES": True}),
+                                 ("bwd", P._persistent_bwd_kernel, bwd, {"HAS_NEXT": True})):
+        k = triton.compile(ASTSource(fn, sig, {**meta, **extra}), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": plan.num_warps, "num_stages": 1})
+        out.append({"case": f"{name} B={B} H={H} {dtype}", "on_chip": plan.u_on_chip, "shared": k.metadata.shared,
+                    "ptx": k.asm["ptx"]})
+json.dump(out, sys.stdout)
+'''
+
+
+def test_kernels_compile_for_sm90_with_grid_barrier_semantics():
+    """Without a GPU: compile both kernels for sm_90 (ptxas ships in the triton wheel) for the adding and
+    smnist plans. The barrier must lower to a release reduction and acquire loads at GPU scope, the exchanged
+    h/dz to L1-bypassing loads, and a program must fit an H200's shared memory."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton
+
+    if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this triton wheel has no ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SM90], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert [r["on_chip"] for r in results] == [True, True, False, False]
+    for r in results:
+        ptx = r["ptx"]
+        assert "red.global.gpu.release.add" in ptx or "atom.global.gpu.release.add" in ptx, r["case"]
+        assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx, r["case"]
+        assert "ld.global.cg" in ptx, r["case"]
+        assert "bar.sync" in ptx, r["case"]
+        assert r["shared"] <= H200.smem_per_block, r["case"]
