@@ -253,8 +253,8 @@ def render_table(results: List[Dict]) -> str:
         ref = by_key.get(key + ("reference",))
         rows.append((r["config"], r["dtype"], r["impl"], fmt(t), fmt(r.get("fwd", {}).get("median_ms")),
                      fmt(r.get("peak_mib_fwd_bwd"), "{:.0f}"),
-                     fmt(t / lstm["fwd_bwd"]["median_ms"] if lstm else None),
-                     fmt(ref["fwd_bwd"]["median_ms"] / t if ref else None, "{:.1f}"), ""))
+                     fmt(t / lstm["fwd_bwd"]["median_ms"] if lstm else None, "{:.3g}"),
+                     fmt(ref["fwd_bwd"]["median_ms"] / t if ref else None, "{:.3g}"), ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
