@@ -45,7 +45,7 @@ class TileConfig:
 
 
 def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee",
-                num_sms: Optional[int] = None) -> TileConfig:
+                num_sms: Optional[int] = None, elem_bytes: int = 2) -> TileConfig:
     """Tile sizes for a (batch, hidden) problem.
 
     The interpreter gets the smallest legal tiles (its cost grows with tile area). On a GPU each step
@@ -54,6 +54,7 @@ def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "iee
     rows: ``U``, the larger operand, is then read once per step) and the hidden tile the largest of
     64/32/16 that still gives every multiprocessor a program (latency: a program's share of ``U`` shrinks
     with block_h), keeping G accumulators of block_b x block_h fp32 within 16K values per program.
+    ``elem_bytes``: bytes per operand element (2 for fp16/bf16, 4 for fp32).
     These are first guesses, not measurements: ``scripts/bench_kernels.py --tile`` times alternatives.
     """
     if dot_precision not in ("ieee", "tf32"):
@@ -68,7 +69,9 @@ def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "iee
         if block_b * bh <= 4096 and n_b * -(-hidden // bh) >= num_sms:
             block_h = bh
             break
-    block_k = 64 if hidden >= 64 else 32
+    # fp32 operands take twice the shared memory per pipeline stage: a shorter reduction slice keeps
+    # (block_b + G * block_h) * block_k * 4 bytes x 3 stages well inside Hopper's 228 KB.
+    block_k = 64 if (hidden >= 64 and elem_bytes <= 2) else 32
     num_warps = 8 if block_b * block_h >= 2048 else 4
     return TileConfig(block_b, block_h, block_k, num_warps, dot_precision)
 

@@ -326,3 +326,18 @@ def test_backend_options_with_the_reference():
     assert out.shape == (5, 2, 4)
     with pytest.raises(TypeError, match="backend='reference' takes no backend options"):
         URLSTM(3, 4, backend="reference", chunk_size=2)(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize("batch,hidden", [(1, 7), (10, 256), (50, 1024), (128, 3072), (256, 1024), (1000, 64)])
+def test_gpu_tile_heuristic_stays_legal(batch, hidden):
+    """Tiles the GPU path picks: powers of two >= 16 (tl.dot), accumulators within the register budget,
+    a shorter reduction slice for fp32 (shared memory), and the smallest tiles in the interpreter."""
+    from urlstm_triton.kernels import TileConfig, pick_config
+
+    for elem in (2, 4):
+        c = pick_config(batch, hidden, True, num_sms=132, elem_bytes=elem)
+        for v in (c.block_b, c.block_h, c.block_k):
+            assert v >= 16 and v & (v - 1) == 0
+        assert c.block_b * c.block_h <= 4096 and c.block_b <= 128
+        assert c.block_k == (32 if elem == 4 or hidden < 64 else 64)
+    assert pick_config(batch, hidden, False) == TileConfig()

@@ -159,7 +159,8 @@ def triton_recurrence(
         family = graphed(family)
     on_gpu = x.device.type == "cuda" and not kernels_interpreted()
     config = opts.get("config") or _kernels.pick_config(
-        batch, hidden, on_gpu, opts.get("dot_precision", "ieee"), _num_sms(x.device) if on_gpu else None)
+        batch, hidden, on_gpu, opts.get("dot_precision", "ieee"), _num_sms(x.device) if on_gpu else None,
+        torch.empty((), dtype=dtype).element_size())
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
