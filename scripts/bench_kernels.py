@@ -7,6 +7,9 @@ forward only (no grad), and peak memory of one forward+backward (CUDA), for
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
 - ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
 - ``triton-tB.H.K.W``   the same with explicit tile sizes (``--tile B,H,K,W``: tuning the step kernels)
+- ``triton-step``, ``triton-persistent``  the kernel family forced (``--kernel step|persistent``); the plain
+                        ``triton`` rows take ``kernel="auto"`` (persistent or step by the rule of
+                        ``kernels/persistent.py``: ``suits``)
 - ``reference``         URLSTM(gate="UR", backend="reference"): the PyTorch loop
 - ``nn.LSTM``           torch.nn.LSTM (cuDNN on a GPU): the speed a user gives up by leaving nn.LSTM
 
@@ -65,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
     p.add_argument("--tile", action="append", default=[], metavar="BB,BH,BK,WARPS",
                    help="also time triton with these tile sizes (block_b, block_h, block_k, num_warps; repeatable)")
+    p.add_argument("--kernel", action="append", default=[], choices=("step", "persistent"),
+                   help="also time triton with this kernel family forced (repeatable); plain triton rows are 'auto'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed repetitions per measurement")
     p.add_argument("--max-reps", type=int, default=20)
@@ -139,7 +144,7 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
 
 
 def triton_options(impl: str) -> Dict:
-    """Backend options from a Triton row's name: ``triton[-chunkK][-graph][-tBB.BH.BK.W]``."""
+    """Backend options from a Triton row's name: ``triton[-step|-persistent][-chunkK][-graph][-tBB.BH.BK.W]``."""
     from urlstm_triton.kernels import TileConfig
 
     opts = {}
@@ -148,10 +153,14 @@ def triton_options(impl: str) -> Dict:
             opts["chunk_size"] = int(part[len("chunk"):])
         elif part == "graph":
             opts["cuda_graph"] = True
+        elif part in ("step", "persistent"):
+            opts["kernel"] = part
         elif part.startswith("t"):
             opts["config"] = TileConfig(*(int(v) for v in part[1:].split(".")))
         else:
             raise ValueError(f"bad triton row name {impl!r}")
+    if "config" in opts:  # tile sizes are the step kernels': do not let kernel="auto" pick the persistent ones
+        opts.setdefault("kernel", "step")
     return opts
 
 
@@ -323,7 +332,7 @@ def main(argv=None) -> int:
         raise SystemExit("--chunk must be a positive integer")
     base = ["triton"] if "triton" in impls else []
     base += [f"triton-chunk{k}" for k in args.chunk]
-    triton_impls = list(base)
+    triton_impls = list(base) + [f"triton-{k}" for k in dict.fromkeys(args.kernel)]
     for tile in args.tile:
         try:
             dims = [int(v) for v in tile.split(",")]
