@@ -382,3 +382,25 @@ def test_kernels_compile_for_sm90_with_grid_barrier_semantics():
         assert "ld.global.cg" in ptx, r["case"]
         assert "bar.sync" in ptx, r["case"]
         assert r["shared"] <= H200.smem_per_block, r["case"]
+
+
+def test_bench_times_the_persistent_kernel_beside_the_step_kernels(tmp_path):
+    """scripts/bench_kernels.py --kernel step --kernel persistent: both families checked against float64 and
+    timed as their own rows; a tile-size row stays on the step kernels (whose tiles they are)."""
+    import json
+
+    from test_bench_kernels import load_bench
+
+    bench = load_bench()
+    path = tmp_path / "bench.json"
+    rc = bench.main(["--device", "cpu", "--configs", "", "--config", "3,2,4,8", "--dtypes", "fp32", "--impls",
+                     "triton", "--kernel", "step", "--kernel", "persistent", "--min-time", "0", "--max-reps", "3",
+                     "--warmup", "0", "--no-fwd-only", "--json", str(path)])
+    assert rc == 0
+    report = json.loads(path.read_text())
+    assert {c["impl"]: c["ok"] for c in report["checks"]} == {
+        "triton": True, "triton-step": True, "triton-persistent": True}
+    assert {r["impl"] for r in report["results"] if r["fwd_bwd"]["median_ms"] > 0} == {
+        "triton", "triton-step", "triton-persistent"}
+    assert bench.triton_options("triton-persistent") == {"kernel": "persistent"}
+    assert bench.triton_options("triton-t16.16.16.4")["kernel"] == "step"
