@@ -36,12 +36,15 @@ if ! "$PY" -c "import urlstm_triton.kernels" 2>/dev/null; then
 fi
 "$PY" -c "import urlstm_triton.kernels, urlstm_triton.triton_backend as b, torch; print('triton backend available on cuda:', b.is_available(torch.device('cuda')))" \
   || { echo "cannot import the package; giving up"; exit 1; }
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  || { echo "no CUDA device visible to torch; this script is for a GPU machine"; exit 1; }
 
 set -o pipefail
 stage "benchmark: DESIGN.md's five configs (check vs float64 first)"
 timeout 210 "$PY" scripts/bench_kernels.py --cuda-graph --min-time 0.3 --max-reps 10 --json "$OUT/bench.json" \
   2>&1 | tee "$OUT/bench.log" | grep -E "^check|FAILED|Error" | tail -30
 BENCH_RC=$?
+[ "$BENCH_RC" -ne 0 ] && tail -5 "$OUT/bench.log"
 
 stage "pytest -m cuda"
 XDIST=""
