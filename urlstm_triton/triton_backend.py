@@ -74,19 +74,22 @@ def gate_mode(spec: GateSpec) -> int:
 
 
 def _persistent_family():
+    """``urlstm_triton.kernels.persistent`` if it is installed and follows the launch-helper contract."""
     try:
-        return importlib.import_module("urlstm_triton.kernels.persistent")
-    except ModuleNotFoundError:
+        module = importlib.import_module("urlstm_triton.kernels.persistent")
+    except ModuleNotFoundError as e:
+        if e.name != "urlstm_triton.kernels.persistent":
+            raise
         return None
+    if not all(callable(getattr(module, n, None)) for n in ("forward_sequence", "backward_sequence")):
+        return None
+    return module
 
 
-def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
-                  steps: Optional[int] = None, gates: int = 4):
+def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
     option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
-    problem: ``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the
-    number of steps per launch (the chunk size when chunked); the rule is written down in
-    ``kernels/persistent.py`` (``unsuitable_reason``)."""
+    shape (``persistent.suits(batch, hidden, device) -> bool``)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "step":
@@ -94,22 +97,13 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *,
     persistent = _persistent_family()
     if kernel == "persistent":
         if persistent is None:
-            raise ValueError("kernel='persistent' needs urlstm_triton.kernels.persistent, which is not installed")
+            raise ValueError("kernel='persistent' needs urlstm_triton.kernels.persistent with forward_sequence and "
+                             "backward_sequence (the launch-helper contract of urlstm_triton.kernels)")
         return persistent
-    if persistent is not None and getattr(persistent, "suits", None) and persistent.suits(
-            batch, hidden, device, dtype=dtype, steps=steps, gates=gates):
+    suits = getattr(persistent, "suits", None)
+    if persistent is not None and callable(suits) and suits(batch, hidden, device):
         return persistent
     return _kernels
-
-
-_GRAPHED = {}
-
-
-def graphed(family):
-    """The CUDA-graph wrapper of a kernel family (one per family, so its graph cache is shared)."""
-    if family not in _GRAPHED:
-        _GRAPHED[family] = _kernels.GraphedKernels(family)
-    return _GRAPHED[family]
 
 
 _SMS = {}
