@@ -86,10 +86,13 @@ def _persistent_family():
     return module
 
 
-def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
+def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
+                  steps: Optional[int] = None, gates: int = 4):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
     option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
-    shape (``persistent.suits(batch, hidden, device) -> bool``)."""
+    problem: ``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the
+    number of steps per launch (the chunk size when chunked); the rule is written down in
+    ``kernels/persistent.py`` (``unsuitable_reason``)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "step":
@@ -101,9 +104,20 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device):
                              "backward_sequence (the launch-helper contract of urlstm_triton.kernels)")
         return persistent
     suits = getattr(persistent, "suits", None)
-    if persistent is not None and callable(suits) and suits(batch, hidden, device):
+    if persistent is not None and callable(suits) and suits(batch, hidden, device, dtype=dtype, steps=steps,
+                                                            gates=gates):
         return persistent
     return _kernels
+
+
+_GRAPHED = {}
+
+
+def graphed(family):
+    """The CUDA-graph wrapper of a kernel family (one per family, so its graph cache is shared)."""
+    if family not in _GRAPHED:
+        _GRAPHED[family] = _kernels.GraphedKernels(family)
+    return _GRAPHED[family]
 
 
 _SMS = {}
