@@ -341,3 +341,73 @@ def test_gpu_tile_heuristic_stays_legal(batch, hidden):
         assert c.block_b * c.block_h <= 4096 and c.block_b <= 128
         assert c.block_k == (32 if elem == 4 or hidden < 64 else 64)
     assert pick_config(batch, hidden, False) == TileConfig()
+
+
+def _mode_spec(mode):
+    from urlstm_triton import kernels as k
+
+    return {k.MODE_TIED: parse_gate("U-"), k.MODE_REFINE: parse_gate("UR"), k.MODE_CLASSIC: parse_gate("lstm")}[mode]
+
+
+def assert_follows_launch_contract(family, mode, T=4, B=3, H=5, split=1):
+    """Check a kernel family against the launch-helper contract of ``urlstm_triton.kernels`` directly:
+    ``forward_sequence`` writes hs[1:], cs[1:] and the activated gates; ``backward_sequence`` writes dz and
+    dL/dc_{-1}, with the final-state gradient (``dh_last``) or, for an earlier chunk, the next chunk's first
+    dz (``dz_next``). float64 autograd is the oracle."""
+    from urlstm_triton.kernels import TileConfig
+
+    spec = _mode_spec(mode)
+    G = spec.num_gates
+    cfg = TileConfig()
+    xproj = torch.randn(T, B, G * H, dtype=torch.float64)
+    w_hh = torch.randn(G * H, H, dtype=torch.float64) * 0.5
+    h0, c0 = torch.randn(B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (xproj, h0, c0)]
+    h, c, hs_ref, cs_ref, zs = leaves[1], leaves[2], [h0], [c0], []
+    for t in range(T):
+        z = leaves[0][t] + h @ w_hh.t()
+        zs.append(z.detach())
+        h, c = cell_update(z, c, spec)
+        hs_ref.append(h)
+        cs_ref.append(c)
+    d_out, dh_last, dc_last = torch.randn(T, B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64), \
+        torch.randn(B, H, dtype=torch.float64)
+    loss = (torch.stack(hs_ref[1:]) * d_out).sum() + (h * dh_last).sum() + (c * dc_last).sum()
+    dxproj, _, dc0 = torch.autograd.grad(loss, leaves)
+
+    f32 = dict(dtype=torch.float32)
+    hs = torch.empty(T + 1, B, H, **f32)
+    cs = torch.empty(T + 1, B, H, **f32)
+    gates = torch.full((T, B, G * H), float("nan"), **f32)  # poisoned: every element must be written
+    hs[0], cs[0] = h0, c0
+    family.forward_sequence(xproj.float().contiguous(), w_hh.float().contiguous(), hs, cs, gates, mode, cfg)
+    assert rel(hs[1:], torch.stack(hs_ref[1:]).detach()) < 1e-5
+    assert rel(cs[1:], torch.stack(cs_ref[1:]).detach()) < 1e-5
+    z = torch.stack(zs)
+    acts = [torch.sigmoid, torch.tanh, torch.sigmoid] if G == 3 else (
+        [torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid])
+    expected_gates = torch.cat([a(zq) for a, zq in zip(acts, z.chunk(G, -1))], -1)
+    assert rel(gates, expected_gates) < 1e-5
+
+    w = w_hh.float().contiguous()
+    # one call over the whole sequence ...
+    dzs = torch.full((T, B, G * H), float("nan"), **f32)
+    dc = dc_last.float().clone()
+    family.backward_sequence(d_out.float().contiguous(), w, gates, cs, dzs, dc, mode, cfg,
+                             dh_last=dh_last.float().contiguous())
+    assert rel(dzs, dxproj) < 1e-5 and rel(dc, dc0) < 1e-5
+    # ... and the same in two chunks, the earlier one fed the later one's first dz
+    dzs2 = torch.full((T, B, G * H), float("nan"), **f32)
+    dc = dc_last.float().clone()
+    family.backward_sequence(d_out[split:].float().contiguous(), w, gates[split:].contiguous(),
+                             cs[split:].contiguous(), dzs2[split:], dc, mode, cfg, dh_last=dh_last.float().contiguous())
+    family.backward_sequence(d_out[:split].float().contiguous(), w, gates[:split].contiguous(),
+                             cs[:split + 1].contiguous(), dzs2[:split], dc, mode, cfg, dz_next=dzs2[split].clone())
+    assert rel(dzs2, dxproj) < 1e-5 and rel(dc, dc0) < 1e-5
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["tied", "refine", "classic"])
+def test_step_kernels_follow_the_launch_contract(mode):
+    from urlstm_triton import kernels
+
+    assert_follows_launch_contract(kernels, mode)
