@@ -411,3 +411,32 @@ def test_step_kernels_follow_the_launch_contract(mode):
     from urlstm_triton import kernels
 
     assert_follows_launch_contract(kernels, mode)
+
+
+@pytest.mark.cuda
+def test_cuda_accelerate_bf16_mixed_precision_trains():
+    """Accelerate's mixed_precision='bf16' autocasts the forward: the kernels run in bf16, the fp32
+    parameters get fp32 gradients and an optimiser step lowers the loss."""
+    accelerate = pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    acc = accelerate.Accelerator(mixed_precision="bf16")
+    model = URLSTM(16, 32, num_layers=2, backend="triton")
+    head = torch.nn.Linear(32, 1)
+    net = torch.nn.ModuleDict({"rnn": model, "head": head})
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net, opt = acc.prepare(net, opt)
+    x = torch.randn(12, 8, 16, device=acc.device)
+    y = x.sum(-1, keepdim=True).cumsum(0) * 0.1
+    losses = []
+    for _ in range(5):
+        with acc.autocast():
+            out, _ = net["rnn"](x)
+            assert out.dtype == torch.bfloat16
+            loss = torch.nn.functional.mse_loss(net["head"](out).float(), y)
+        opt.zero_grad()
+        acc.backward(loss)
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+                   for p in net["rnn"].parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
