@@ -136,8 +136,8 @@ def _resolve_key(cfg, key: str):
             names = ", ".join("--" + m[0] for m in matches)
             raise ConfigError(f"option --{key} is ambiguous: it could be {names}; use the full name")
     if not matches:
-        all_keys = [leaf[0] for leaf in leaves] + [leaf[0].split(".")[-1] for leaf in leaves]
-        close = difflib.get_close_matches(key, all_keys, n=3, cutoff=0.6)
+        all_keys = [leaf[0] for leaf in leaves] if "." in key else [leaf[0].split(".")[-1] for leaf in leaves]
+        close = difflib.get_close_matches(key, all_keys, n=3, cutoff=0.75)
         hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help for the options"
         raise ConfigError(f"unknown config key --{key}{hint}")
     return matches[0]

@@ -60,7 +60,7 @@ def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
         fileh = logging.FileHandler(run_dir / "train.log")
         fileh.setFormatter(fmt)
         root.addHandler(fileh)
-    root.propagate = False
+    root.propagate = True  # harmless unless the application configured the root logger; lets pytest capture
 
 
 class RunSession:

@@ -1,0 +1,79 @@
+"""The LM trainer end to end on a generated corpus: a tiny run, exact resume, two processes, the LSTM flag."""
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from lm_helpers import (assert_same_state, checkpoints, load_ckpt, make_corpus, run_cli, run_inproc, tiny_args,
+                        train_curve)
+from urlstm_triton.training import TrainingInterrupted
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    return make_corpus(tmp_path / "text")
+
+
+def test_tiny_run_writes_checkpoints_summary_and_logs(tmp_path, corpus):
+    run = tmp_path / "run"
+    summary = run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--run.tensorboard", "true"))
+    assert summary["status"] == "completed" and summary["step"] == 8
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["step"] == 8 and on_disk["config_hash"] == summary["config_hash"]
+    for split in ("valid", "test"):
+        m = on_disk["eval"][split]
+        assert {"loss", "ppl", "word_ppl", "bits_per_byte", "tokens"} <= set(m)
+        assert m["ppl"] < 300 * 1.5  # about uniform over the vocabulary after 8 steps, and finite
+    assert [p.name for p in checkpoints(run)] == [f"step-0000000{s}" for s in (2, 4, 6, 8)]
+    assert (run / "tokenizer.model").exists() and (run / "config.json").exists()
+    assert "step 8" in (run / "train.log").read_text()
+    assert [r[0] for r in train_curve(run)] == list(range(1, 9))
+    assert list((run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_resume_continues_at_the_next_step_with_identical_data_and_state(tmp_path, corpus, monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    ref = tmp_path / "ref"
+    run_inproc(tiny_args(ref, cache, corpus))
+    run = tmp_path / "run"
+    monkeypatch.setenv("URLSTM_FAULTS", "sigint@5")  # a real SIGINT to this process after step 5
+    with pytest.raises(TrainingInterrupted) as e:
+        run_inproc(tiny_args(run, cache, corpus))
+    assert e.value.signum == 2 and e.value.checkpoint.endswith("step-00000005")
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.delenv("URLSTM_FAULTS")
+    with caplog.at_level("INFO", logger="urlstm_triton.training"):
+        run_inproc(tiny_args(run, cache, corpus, "--resume"))
+    assert "continuing at step 6" in caplog.text
+    assert train_curve(run) == train_curve(ref)
+    assert_same_state(load_ckpt(checkpoints(run)[-1]), load_ckpt(checkpoints(ref)[-1]))
+    assert json.loads((run / "summary.json").read_text())["eval"] == json.loads((ref / "summary.json").read_text())["eval"]
+
+
+def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows(tmp_path, corpus):
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                "29517"]
+    res = run_cli(tiny_args(run, tmp_path / "cache", corpus, "--run.cpu", "true", "--train.steps", "4"),
+                  launcher=launcher, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(2 processes)" in res.stderr
+    last = checkpoints(run)[-1]
+    r0 = torch.load(last / "rank000.pt", weights_only=False)["task"]
+    r1 = torch.load(last / "rank001.pt", weights_only=False)["task"]
+    assert tuple(r0["rows"]) == (0, 2) and tuple(r1["rows"]) == (2, 4)
+    assert not torch.equal(r0["carry"][0][0], r1["carry"][0][0])  # each rank carried the state of its own text
+    assert json.loads((last / "manifest.json").read_text())["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["units_seen"] == 4 * 4 * 8  # global batch x bptt x steps
+
+
+def test_classic_lstm_baseline_flag(tmp_path, corpus):
+    run = tmp_path / "run"
+    run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--model.rnn", "lstm", "--train.steps", "2"))
+    sd = torch.load(checkpoints(run)[-1] / "model.pt")
+    assert "rnn.weight_ih_l0" in sd and "rnn.bias_ih_l0" in sd and "rnn.bias_hh_l0" in sd  # torch.nn.LSTM's names
+    assert sd["rnn.weight_ih_l0"].shape == (4 * 24, 16)
