@@ -32,15 +32,27 @@ def test_table_and_plots(tmp_path):
                                                  "test_images": 1000})
     _run(runs, "b", "smnist", "lstm", 0.55, extra={"train_images": 4000, "test_images": 1000})
     _run(runs, "c", "copy", "U-", 0.3)
+    _run(runs, "d", "copy", "UR", 0.95)
+    _run(runs, "e", "copy", "-R", 1.0)  # 0.8 at step 80, 1.0 at 100: reaches 0.9 at 100 as well
     res = compare([runs], tmp_path / "out")
     table = res["table"]
-    assert res["runs"] == 3
+    assert res["runs"] == 5
+    copy_lines = table.split("### copy")[1].split("###")[0].splitlines()
+    header = [c.strip() for c in copy_lines[2].split("|")]
+    ur_copy = [c.strip() for c in next(x for x in copy_lines if x.startswith("| UR-LSTM")).split("|")]
+    # evaluations at 20, 40, ... with accuracy 0.95 * step / 100: 0.855 at 90 is not there, 1.0 * 0.95 at 100 is
+    assert ur_copy[header.index("first step with accuracy ≥ 90.00%")] == "100"
+
     assert "### copy" in table and "### smnist" in table
     assert "99.28%" in table  # the paper's number beside ours
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    smnist = table.split("### smnist")[1]
+    rows = {line.split("|")[1].strip(): line for line in smnist.splitlines() if line.startswith("| ")}
     assert "91.00%" in rows["UR-LSTM (`UR`)"] and "55.00%" in rows["LSTM (`lstm`)"]
     assert "4000/1000" in rows["UR-LSTM (`UR`)"] and "321 images/s" in rows["LSTM (`lstm`)"]
-    assert "U-LSTM (`U-`)" in rows
+    copy = table.split("### copy")[1].split("###")[0]
+    assert "not reached" in next(x for x in copy.splitlines() if x.startswith("| U-LSTM"))  # 0.3 < the 0.9 target
+    names = list(rows)
+    assert names.index("LSTM (`lstm`)") < names.index("UR-LSTM (`UR`)")  # the baseline first
     assert (tmp_path / "out" / "comparison.md").read_text() == table
     pngs = sorted(p.name for p in res["plots"])
     assert pngs == ["copy.png", "smnist.png"]

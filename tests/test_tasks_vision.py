@@ -197,3 +197,22 @@ def test_unknown_task_and_unreachable_hub(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="point --data at a local file"):
         load_hub(MNIST, "no-such-user/no-such-dataset")
+
+
+def test_hub_loader_reads_a_local_data_set_directory(tmp_path, monkeypatch):
+    # `datasets.load_dataset` takes a local directory as well as a hub name: the hub path, without the network
+    import datasets
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    x, y = _images(6, (32, 32, 3))
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    for split, sl in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        ds = datasets.Dataset.from_dict({"img": [Image.fromarray(a) for a in x[sl]], "label": y[sl].tolist()},
+                                        features=features)
+        ds.to_parquet(str(tmp_path / "hub" / f"{split}.parquet"))
+    train, test = load_vision_data("scifar", hub_name=str(tmp_path / "hub"))
+    assert train.images.shape == (4, 1024, 3) and len(test) == 2
+    assert np.array_equal(train.images, x[:4].reshape(4, 1024, 3)) and np.array_equal(test.labels, y[4:])

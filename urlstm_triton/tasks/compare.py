@@ -11,12 +11,29 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from ..gates import parse_gate
+from ..gates import ALL_VARIANTS, parse_gate
 from ..training.records import read_metrics
-from .run_summary import eval_history
+from .run_summary import HIGHER_IS_BETTER, eval_history
 
 # the metric each task is judged by, first in the table
 HEADLINE = {"copy": "accuracy", "adding": "mse", "smnist": "accuracy", "pmnist": "accuracy", "scifar": "accuracy"}
+# "solved" thresholds of the synthetic tasks: the first evaluation that reaches it says how fast a variant learns
+TARGETS = {"copy": ("accuracy", 0.9), "adding": ("mse", 0.01)}
+# table and legend order: the outside baseline first, then the paper's grid
+ORDER = ("lstm",) + tuple(v for v in ALL_VARIANTS if v != "lstm")
+
+
+def _order(r: Dict[str, Any]):
+    return (ORDER.index(r["variant"]) if r["variant"] in ORDER else len(ORDER), r["_path"])
+
+
+def first_step_reaching(history: List[Dict[str, Any]], metric: str, target: float) -> Optional[int]:
+    """The first evaluated step at which ``metric`` reached ``target`` (>= for accuracy, <= otherwise)."""
+    for row in history:
+        v = row.get(metric)
+        if isinstance(v, (int, float)) and (v >= target if metric in HIGHER_IS_BETTER else v <= target):
+            return int(row["step"])
+    return None
 
 
 class SummaryError(ValueError):
@@ -73,19 +90,23 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
     """One table per task: variant, steps, final and best of each metric, wall time, throughput, run."""
     out: List[str] = []
     for task in sorted({r["task"] for r in runs}):
-        group = sorted((r for r in runs if r["task"] == task), key=lambda r: (r["variant"], r["_path"]))
+        group = sorted((r for r in runs if r["task"] == task), key=_order)
         metrics = [HEADLINE.get(task, "loss")] + (["loss"] if HEADLINE.get(task) != "loss" else [])
         if task == "adding":
             metrics = ["mse", "mse_vs_chance"]
         chance = group[0].get("chance", {})
         note = ", ".join(f"{k} {_fmt(v, k)}" for k, v in chance.items())
-        paper = group[0].get("paper_ur_lstm_accuracy")
+        paper = next((r["paper_ur_lstm_accuracy"] for r in group if r.get("paper_ur_lstm_accuracy")), None)
         if paper:
             note += f"; the paper's UR-LSTM on the full data set: {_fmt(paper, 'accuracy')}"
         out.append(f"### {task}" + (f" (chance: {note})" if note else ""))
         out.append("")
-        head = ["variant", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + \
-               (["data (train/test)"] if "train_images" in group[0] else []) + ["wall", "throughput", "run"]
+        target = TARGETS.get(task)
+        has_data = any("train_images" in r for r in group)
+        reach = [f"first step with {target[0]} {'≥' if target[0] in HIGHER_IS_BETTER else '≤'} "
+                 f"{_fmt(target[1], target[0])}"] if target else []
+        head = ["variant", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + reach + \
+               (["data (train/test)"] if has_data else []) + ["wall", "throughput", "run"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for r in group:
@@ -96,7 +117,10 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
                 best.append(f"{_fmt(b['value'], m)} ({b['step']})" if b else "–")
             unit = r.get("units", "samples")
             rate = r.get(f"train_{unit}_per_s")
-            data = [f"{r.get('train_images', '?')}/{r.get('test_images', '?')}"] if "train_images" in group[0] else []
+            data = [f"{r.get('train_images', '?')}/{r.get('test_images', '?')}"] if has_data else []
+            if target:
+                hit = first_step_reaching(r["_evals"], *target)
+                best.append(str(hit) if hit is not None else "not reached")
             cells = [_variant_label(r["variant"]), str(r["step"])] + final + best + data + [
                 f"{r.get('wall_s', float('nan')):.0f} s", f"{rate:.0f} {unit}/s" if rate else "–",
                 f"`{Path(r['_path']).parent}`"]
@@ -127,7 +151,7 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task in sorted({r["task"] for r in runs}):
-        group = sorted((r for r in runs if r["task"] == task), key=lambda r: r["variant"])
+        group = sorted((r for r in runs if r["task"] == task), key=_order)
         metrics = ["mse"] if task == "adding" else [m for m in ("accuracy", "loss")]
         fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5.0 * (1 + len(metrics)), 4.0), squeeze=False)
         axes = axes[0]
@@ -151,6 +175,8 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
             chance = group[0].get("chance", {}).get(m)
             if chance is not None:
                 ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+            if m == "mse":
+                ax.set_yscale("log")  # solved runs sit orders of magnitude below chance
         for ax in axes:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

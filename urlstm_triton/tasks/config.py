@@ -143,12 +143,12 @@ VISION_PRESETS = {
     "pmnist-5k": {"data": {"task": "pmnist", "data": MNIST_5K, "batch_size": 50, "epochs": 50},
                   "model": {"hidden": 1024}, "train": {**_PAPER_TRAIN, "eval_every": 400, "save_every": 400}},
     # CPU-sized: mnist-5k, a small model, a few epochs
-    "smnist-tiny": {"data": {"task": "smnist", "data": MNIST_5K, "batch_size": 50, "epochs": 2,
+    "smnist-tiny": {"data": {"task": "smnist", "data": MNIST_5K, "batch_size": 50, "epochs": 5,
                              "eval_batch_size": 250},
-                    "model": {"hidden": 32},
-                    "train": {**_PAPER_TRAIN, "lr": 3e-3, "eval_every": 80, "save_every": 80}},
-    "pmnist-tiny": {"data": {"task": "pmnist", "data": MNIST_5K, "batch_size": 50, "epochs": 2,
+                    "model": {"hidden": 64},
+                    "train": {**_PAPER_TRAIN, "lr": 3e-3, "eval_every": 100, "save_every": 200}},
+    "pmnist-tiny": {"data": {"task": "pmnist", "data": MNIST_5K, "batch_size": 50, "epochs": 5,
                              "eval_batch_size": 250},
-                    "model": {"hidden": 32},
-                    "train": {**_PAPER_TRAIN, "lr": 3e-3, "eval_every": 80, "save_every": 80}},
+                    "model": {"hidden": 64},
+                    "train": {**_PAPER_TRAIN, "lr": 3e-3, "eval_every": 100, "save_every": 200}},
 }

@@ -346,7 +346,11 @@ def load_hub(spec: ImageSpec, hub_name: Optional[str] = None) -> Tuple[ImageSet,
         if image_col is None or "label" not in part.column_names:
             raise DataError(f"hub data set {name!r} has columns {part.column_names}; expected image/img and label")
         source = f"{name} [{split}]"
-        pixels = np.stack([np.asarray(im) for im in part[image_col]])
+        column = part[image_col]
+        if len(column) and isinstance(column[0], dict):  # an undecoded image column: {"bytes": png, "path": ...}
+            pixels = _decode_images(column, source)
+        else:
+            pixels = np.stack([np.asarray(im) for im in column])
         sets.append(ImageSet(to_sequences(pixels, spec, source),
                              _check_labels(np.asarray(part["label"]), spec, source)))
     return sets[0], sets[1]

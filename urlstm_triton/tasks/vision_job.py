@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -119,8 +120,9 @@ class VisionTrainTask(Task):
 
 def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     train_set, test_set = load_data(cfg)  # every check on the files happens here, before anything else
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch`; the session does not exist yet
     if cfg.data.epochs > 0:
-        per_step = cfg.data.batch_size  # per process; one process unless launched with several
+        per_step = cfg.data.batch_size * world  # batch_size is per process
         cfg.train.steps = max(1, math.ceil(cfg.data.epochs * len(train_set) / per_step))
     perm = permutation_for(cfg)
     session = RunSession(cfg, job=f"vision-{cfg.data.task}")
@@ -133,7 +135,8 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     summary = Trainer(session, model, task).fit()
     extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
              "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
-             "test_images": len(test_set), "epochs": summary["step"] * cfg.data.batch_size / len(train_set),
+             "test_images": len(test_set),
+             "epochs": summary["step"] * cfg.data.batch_size * session.accelerator.num_processes / len(train_set),
              "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
              "device": str(session.accelerator.device)}
     if session.is_main:
