@@ -162,10 +162,13 @@ def test_plan_for_the_benchmark_configs_on_an_h200():
     adding = P.plan_persistent(10, 256, 4, torch.bfloat16, H200)
     assert (adding.block_b, adding.block_h, adding.n_h, adding.n_b, adding.u_on_chip) == (16, 16, 16, 1, True)
     assert P.coresidency_reason(adding, H200) == ""
-    # smnist: a 16-unit slice of U (128 KiB bf16) plus the 64 x 1024 h tile exceed the budget: U is streamed
+    # smnist: one 64-row tile would need 128 KiB of U + a 128 KiB h tile (too much shared memory, U streamed);
+    # two 32-row tiles keep U on chip (128 KiB + 64 KiB) on 128 of the 132 SMs and read 2.5x less per step
     smnist = P.plan_persistent(50, 1024, 4, torch.bfloat16, H200)
-    assert (smnist.block_b, smnist.block_h, smnist.n_h, smnist.u_on_chip) == (64, 16, 64, False)
-    assert P.coresidency_reason(smnist, H200) == ""
+    assert (smnist.block_b, smnist.block_h, smnist.n_h, smnist.n_b, smnist.u_on_chip) == (32, 16, 64, 2, True)
+    assert smnist.onchip_bytes <= H200.smem_per_block and P.coresidency_reason(smnist, H200) == ""
+    one_tile = P.plan_persistent(50, 1024, 4, torch.bfloat16, H200, P.PersistentConfig(block_b=64))
+    assert not one_tile.u_on_chip and one_tile.step_bytes > 2 * smnist.step_bytes
     # H=3072 (lm-seed's width) at a small batch: tiles grow until the grid fits 132 SMs
     wide = P.plan_persistent(8, 3072, 4, torch.bfloat16, H200)
     assert wide.block_h == 32 and wide.n_h == 96 and P.coresidency_reason(wide, H200) == ""
@@ -192,9 +195,9 @@ def test_on_chip_budget():
     plan = P.plan_persistent(10, 512, 4, torch.float32, small)
     assert not plan.u_on_chip  # 4 x 512 x 16 x 4 B = 128 KiB of U: streamed
     forced = P.plan_persistent(10, 512, 4, torch.float32, small, P.PersistentConfig(u_on_chip=True))
-    assert "budget" in P.coresidency_reason(forced, small)
-    # on an H200: 4 x 512 x 16 x 4 B = 128 KiB of fp32 U + a 16 x 512 h tile + accumulators fit 3/4 of 227 KiB;
-    # H=600 pads to 1024: 256 KiB of fp32 U does not (bf16: 128 KiB + tiles does)
+    assert "shared memory" in P.coresidency_reason(forced, small)
+    # on an H200 (227 KiB): 4 x 512 x 16 x 4 B = 128 KiB of fp32 U + a 16 x 512 h tile fit;
+    # H=600 pads to 1024: 256 KiB of fp32 U does not (bf16: 128 KiB + the h tile does)
     assert P.plan_persistent(10, 512, 4, torch.float32, H200).u_on_chip
     assert not P.plan_persistent(10, 600, 4, torch.float32, H200).u_on_chip
     assert P.plan_persistent(10, 600, 4, torch.bfloat16, H200).u_on_chip
@@ -211,7 +214,7 @@ def test_device_limits_from_properties(monkeypatch):
     _fake_gpu(monkeypatch, sm_count=78)
     lim = P.device_limits(torch.device("cuda"))
     assert (lim.sm_count, lim.smem_per_block, lim.regs_per_sm, lim.sequential) == (78, 232448, 65536, False)
-    assert lim.onchip_budget == 232448 * 3 // 4
+    assert lim.onchip_budget == 232448
 
 
 def test_auto_dispatch_rule(monkeypatch):
@@ -253,12 +256,16 @@ def test_gpu_many_programs_match_float64(dtype, code):
 
 
 @pytest.mark.cuda
-def test_gpu_streamed_u_smnist_widths_bf16():
+@pytest.mark.parametrize("config", [None, P.PersistentConfig(u_on_chip=False)], ids=["planned", "streamed"])
+def test_gpu_smnist_widths_bf16(config):
+    """smnist widths (B=50, H=1024): planned, two batch tiles x 64 hidden tiles with U on chip (on an H200);
+    and U streamed."""
     spec = parse_gate("UR")
     ps = make_problem(spec, 16, 50, 1, 1024, torch.bfloat16, device="cuda", scale=0.2)
-    plan = P.plan_persistent(50, 1024, 4, torch.bfloat16, P.device_limits(torch.device("cuda")))
+    plan = P.plan_persistent(50, 1024, 4, torch.bfloat16, P.device_limits(torch.device("cuda")), config)
     assert plan.n_h > 1
-    assert_close(errors(spec, ps, torch.bfloat16, kernel="persistent"), TOL[torch.bfloat16])
+    opts = {"config": config} if config else {}
+    assert_close(errors(spec, ps, torch.bfloat16, kernel="persistent", **opts), TOL[torch.bfloat16])
 
 
 @pytest.mark.cuda
@@ -331,7 +338,7 @@ from urlstm_triton.kernels import persistent as P
 
 H200 = P.DeviceLimits(sm_count=132, smem_per_block=232448, regs_per_sm=65536)
 out = []
-for B, H, dtype in ((10, 256, torch.bfloat16), (50, 1024, torch.bfloat16)):
+for B, H, dtype in ((10, 256, torch.bfloat16),):
     plan = P.plan_persistent(B, H, 4, dtype, H200)
     d = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
     meta = {"U_ON_CHIP": plan.u_on_chip, "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
@@ -355,8 +362,9 @@ json.dump(out, sys.stdout)
 
 
 def test_kernels_compile_for_sm90_with_grid_barrier_semantics():
-    """Without a GPU: compile both kernels for sm_90 (ptxas ships in the triton wheel) for the adding and
-    smnist plans. The barrier must lower to a release reduction and acquire loads at GPU scope, the exchanged
+    """Without a GPU: compile both kernels for sm_90 (ptxas ships in the triton wheel) for the adding plan
+    (a few seconds each; the smnist plan's take ~10 s, measured once: 197632 B of shared memory, under an
+    H200's 232448). The barrier must lower to a release reduction and acquire loads at GPU scope, the exchanged
     h/dz to L1-bypassing loads, and a program must fit an H200's shared memory."""
     import json
     import os
@@ -374,14 +382,15 @@ def test_kernels_compile_for_sm90_with_grid_barrier_semantics():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
-    assert [r["on_chip"] for r in results] == [True, True, False, False]
+    assert [(r["case"].split()[0], r["on_chip"]) for r in results] == [("fwd", True), ("bwd", True)]
+    # U on chip = in shared memory: the four 256 x 16 bf16 tiles (32 KiB) and the 16 x 256 h/dz tile (8 KiB)
     for r in results:
         ptx = r["ptx"]
         assert "red.global.gpu.release.add" in ptx or "atom.global.gpu.release.add" in ptx, r["case"]
         assert "ld.global.gpu.acquire" in ptx or "atom.global.gpu.acquire" in ptx, r["case"]
         assert "ld.global.cg" in ptx, r["case"]
         assert "bar.sync" in ptx, r["case"]
-        assert r["shared"] <= H200.smem_per_block, r["case"]
+        assert 40 * 1024 <= r["shared"] <= H200.smem_per_block, r["case"]
 
 
 def test_bench_times_the_persistent_kernel_beside_the_step_kernels(tmp_path):
