@@ -9,11 +9,13 @@ grid-wide barrier once per step; batch tiles are independent and each has its ow
 
 On chip:
 - ``U_ON_CHIP=True``: a program loads its slice of ``U`` once, before the time loop, as ``G`` tiles of
-  ``(H, BLOCK_H)`` that stay live across the loop (registers, or shared memory where the compiler keeps dot
-  operands): forward holds ``U[g*H + units, :]^T``, backward the ``U^T`` slice ``U[g*H + :, units]``.
-- ``U_ON_CHIP=False``: the slice does not fit one program's on-chip budget (:func:`plan_persistent`); the
-  kernel streams it in ``BLOCK_K`` chunks every step instead (same math; all slices together are ``G*H*H``
-  elements, L2-resident on current GPUs for the sizes this path is chosen for).
+  ``(H, BLOCK_H)`` that stay live across the loop: forward holds ``U[g*H + units, :]^T``, backward the
+  ``U^T`` slice ``U[g*H + :, units]``. Compiled for sm_90 (triton 3.6 and 3.9) the tiles are written to shared
+  memory once before the loop and read from there every step; each step then reads only the ``(BLOCK_B, H)``
+  operand (``h_{t-1}``, or ``dz_t`` per gate block) from L2.
+- ``U_ON_CHIP=False``: the tiles do not fit one program's shared memory (:func:`plan_persistent`); the
+  kernel streams the slice in ``BLOCK_K`` chunks every step instead (same math; all slices together are
+  ``G*H*H`` elements, L2-resident on current GPUs for the sizes this path is chosen for).
 
 Grid barrier (:func:`_grid_barrier`): a monotone int32 counter per batch tile. After its stores of step ``t``
 a program syncs its own threads (``tl.debug_barrier``, i.e. bar.sync), adds 1 with release semantics at GPU
