@@ -54,6 +54,13 @@ class Trainer:
         self.acc = session.accelerator
         self.task = task
         tcfg = self.cfg.train
+        dist = str(self.acc.distributed_type).split(".")[-1]
+        if dist in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            # checkpoints hold the full model and optimiser state as the main process sees it (DDP); sharded
+            # optimiser state would be silently lost, so refuse instead
+            raise ConfigError(f"accelerate is configured for {dist}: this trainer's exact-resume checkpoints "
+                              "support single-process and DDP (multi-GPU/multi-node) runs only; choose 'multi-GPU' "
+                              "without FSDP/DeepSpeed in `accelerate config`")
         optimizer = build_optimizer(model.parameters(), tcfg)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule,
