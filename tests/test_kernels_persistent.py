@@ -413,3 +413,29 @@ def test_bench_times_the_persistent_kernel_beside_the_step_kernels(tmp_path):
         "triton", "triton-step", "triton-persistent"}
     assert bench.triton_options("triton-persistent") == {"kernel": "persistent"}
     assert bench.triton_options("triton-t16.16.16.4")["kernel"] == "step"
+
+
+def test_layer_forces_the_persistent_kernels_through_the_backend_option(monkeypatch):
+    """URLSTM(backend="triton", kernel="persistent"): every layer and direction on the persistent kernels, same
+    outputs and gradients as the reference backend."""
+    from urlstm_triton import URLSTM
+
+    calls = []
+    for name in ("forward_sequence", "backward_sequence"):
+        fn = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    torch.manual_seed(3)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True)
+    ref = URLSTM(3, 6, backend="reference", **kw)
+    per = URLSTM(3, 6, backend="triton", kernel="persistent", **kw)
+    per.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 3)
+    results = []
+    for m in (ref, per):
+        xi = x.clone().requires_grad_()
+        out, (hn, cn) = m(xi)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + hn.sum() - 0.5 * cn.sum()
+        results.append([out, hn, cn] + list(torch.autograd.grad(loss, [xi] + list(m.parameters()))))
+    assert calls.count("forward_sequence") == 4 and calls.count("backward_sequence") == 4  # 2 layers x 2 directions
+    for a, b in zip(*results):
+        assert rel(b, a) < 1e-5
