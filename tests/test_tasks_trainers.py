@@ -100,10 +100,13 @@ def test_vision_run_saves_the_permutation_and_resumes_exactly(tmp_path):
     resumed = _vision(tmp_path, "cut", data, *common, "--steps", "5", "--resume")
     assert resumed["step"] == 5
     assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-6)
-    # a run directory is bound to its permutation
+    # a run is bound to its permutation: resuming with another one is refused, starting over replaces it
+    other = common[:2] + ["--permutation_seed", "4"] + common[4:]
     with pytest.raises(ConfigError, match="permutation"):
-        _vision(tmp_path, "cut", data, *common[:2], "--permutation_seed", "4", *common[4:], "--steps", "6",
-                "--run.overwrite", "true")
+        _vision(tmp_path, "cut", data, *other, "--steps", "6", "--resume")
+    _vision(tmp_path, "cut", data, *other, "--steps", "1", "--run.overwrite", "true")
+    perm4 = json.loads((tmp_path / "cut" / "permutation.json").read_text())
+    assert perm4["seed"] == 4 and perm4["permutation"] == vision_job.fixed_permutation(784, 4).tolist()
 
 
 def test_vision_epochs_set_the_step_count(tmp_path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..functional import BACKENDS
+from ..gates import ALL_VARIANTS
 from ..training.config import ConfigError, opt
 from ..training.sections import RunConfig, TrainConfig
 from .models import READOUTS, check_variant
@@ -22,7 +23,8 @@ MNIST_5K = "../shared/data/mnist-5k/mnist_5k.csv.gz"
 
 @dataclass
 class ModelConfig:
-    variant: str = opt("UR", "gate variant: UR (UR-LSTM), U-, -R, --, C-, O-, UM, OM, ... or lstm (torch.nn.LSTM)")
+    variant: str = opt("UR", "gate variant, one of " + " ".join(ALL_VARIANTS) + " (UR: the UR-LSTM; lstm: "
+                             "torch.nn.LSTM; paper names such as U-LSTM work too)")
     hidden: int = opt(256, "hidden units of the recurrent layer")
     layers: int = opt(1, "recurrent layers")
     backend: str = opt("auto", "recurrence backend of the URLSTM variants", choices=BACKENDS, resume_safe=True)

@@ -17,13 +17,10 @@ from .synthetic import COPY_VOCAB, AddingTask, CopyTask, SyntheticTask, make_syn
 EVAL_SPLIT = "test"
 
 
-def build_task(cfg: SyntheticJobConfig, rank: int = 0) -> SyntheticTask:
+def build_task(cfg: SyntheticJobConfig) -> SyntheticTask:
     t = cfg.task
-    # each process draws its own training batches (seed offset by rank); the evaluation set is shared
-    task = make_synthetic_task(t.name, lag=t.lag, length=t.length, batch_size=t.batch_size, seed=cfg.train.seed,
+    return make_synthetic_task(t.name, lag=t.lag, length=t.length, batch_size=t.batch_size, seed=cfg.train.seed,
                                eval_batches=math.ceil(t.eval_size / t.batch_size))
-    task.rank = rank
-    return task
 
 
 def build_model(cfg: SyntheticJobConfig, task: SyntheticTask) -> torch.nn.Module:
@@ -48,7 +45,8 @@ class SyntheticTrainTask(Task):
         self._eval = None
 
     def train_batches(self, step: int, n_micro: int) -> List[Any]:
-        # a pure function of (seed, step, rank): resuming at step s draws exactly the batches of the first run
+        # a pure function of (seed, step, rank): resuming at step s draws exactly the batches of the first run, and
+        # each process draws its own batches; the evaluation set is shared (and sharded in evaluate)
         x, y = self.task.train_batch((step - 1) * self.world + self.rank)
         dev = self.acc.device
         return [(xs.to(dev), ys.to(dev)) for xs, ys in zip(x.chunk(n_micro), y.chunk(n_micro))]

@@ -41,10 +41,10 @@ def permutation_for(cfg: VisionJobConfig):
     return fixed_permutation(spec.seq_len, cfg.data.permutation_seed) if permuted else None
 
 
-def save_permutation(run_dir: Path, perm: torch.Tensor, seed: int) -> None:
+def save_permutation(run_dir: Path, perm: torch.Tensor, seed: int, resuming: bool) -> None:
     """Write the permutation beside the run; refuse to continue a run whose saved permutation differs."""
     path = Path(run_dir) / "permutation.json"
-    if path.exists():
+    if resuming and path.exists():
         saved = json.loads(path.read_text())
         if saved.get("permutation") != perm.tolist():
             raise ConfigError(f"{path} holds another permutation than data.permutation_seed={seed} draws: this run "
@@ -127,7 +127,8 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     perm = permutation_for(cfg)
     session = RunSession(cfg, job=f"vision-{cfg.data.task}")
     if perm is not None and session.is_main:
-        save_permutation(session.run_dir, perm, cfg.data.permutation_seed)
+        save_permutation(session.run_dir, perm, cfg.data.permutation_seed,
+                         resuming=bool(cfg.run.resume or cfg.run.resume_from))
     train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
     spec, _ = vision_task(cfg.data.task)
     model = build_model(cfg, spec.seq_len, spec.channels)
