@@ -2,8 +2,9 @@
 
 ``policy="skip"`` drops that step's update (no optimiser or scheduler step), counts it and stops the run with
 ``NonFiniteError`` once more than ``max_skips`` steps were skipped; ``policy="stop"`` raises at once. The message
-names the step, what was non-finite and the last good checkpoint to resume from. Under fp16 an infinite gradient
-norm is the loss scaler's business (it skips the step and lowers the scale), so only the loss is guarded there.
+names the step, what was non-finite and the last good checkpoint to resume from. With a loss scaler (fp16 on a
+GPU) an infinite gradient norm is the scaler's business (it skips the step and lowers the scale), so only the
+loss is guarded there.
 """
 from __future__ import annotations
 

@@ -65,8 +65,9 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule,
                                        tcfg.min_lr_ratio)
+        # with a loss scaler (fp16 on a GPU) an infinite gradient norm is the scaler's business
         self.guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_nonfinite_skips,
-                                    check_grad_norm=tcfg.mixed_precision != "fp16")
+                                    check_grad_norm=self.acc.scaler is None)
         self.ckpt = CheckpointManager(session.run_dir / "checkpoints", self.acc, tcfg.keep_checkpoints,
                                       session.hash, session.hashed)
         self.faults = Faults(process_index=self.acc.process_index)
@@ -179,6 +180,10 @@ class Trainer:
                 self.scheduler.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
+            if acc.scaler is not None:
+                # clip_grad_norm_ unscaled this step's gradients; update() closes the step (and, having seen
+                # the non-finite values, lowers the scale) so the next unscale is allowed
+                acc.scaler.update()
             self.task.on_skipped_step()
             log.warning("step %d: non-finite loss/gradient norm (loss %s, grad norm %s): step skipped (%d/%d)",
                         step, loss_val, gnorm, self.guard.skipped, tcfg.max_nonfinite_skips)
