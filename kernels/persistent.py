@@ -280,6 +280,22 @@ def _persistent_fwd_kernel(
             spin_limit = _grid_barrier(sync, err_ptr, (t + 1) * n_h, spin_limit)
 
 
+@triton.jit
+def _load_bwd_step(dout_t, c_prev_t, g_t, m2, H, G: tl.constexpr):
+    """One backward step's own inputs: d_out[t] (fp32), c_{t-1}, and the activated gates a0..a3 (a3 = a2
+    when G = 3)."""
+    d_o = tl.load(dout_t, mask=m2, other=0.0).to(tl.float32)
+    c_prev = tl.load(c_prev_t, mask=m2, other=0.0)
+    a0 = tl.load(g_t, mask=m2, other=0.0)
+    a1 = tl.load(g_t + H, mask=m2, other=0.0)
+    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0)
+    if G == 4:
+        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0)
+    else:
+        a3 = a2
+    return d_o, c_prev, a0, a1, a2, a3
+
+
 @triton.jit(do_not_specialize=["max_spins"])
 def _persistent_bwd_kernel(
     dout_last_ptr, w_ptr, gates_last_ptr, cs_last_ptr, dz_last_ptr, dc_ptr, dzn_ptr, dh_in_ptr, sync_ptr, err_ptr,
@@ -333,17 +349,11 @@ def _persistent_bwd_kernel(
     g_t = gates_last_ptr + off_g
     dz_t = dz_last_ptr
     c = tl.load(c_t, mask=m2, other=0.0)
+    # this step's inputs; inside the loop the next (earlier) step's are loaded before the barrier, so their L2
+    # latency overlaps the wait instead of following the dz_t U product on the critical path
+    d_o, c_prev, a0, a1, a2, a3 = _load_bwd_step(dout_t, c_t - step_h, g_t, m2, H, G)
     for i in range(K):
-        dh += tl.load(dout_t, mask=m2, other=0.0).to(tl.float32)
-        c_t -= step_h
-        c_prev = tl.load(c_t, mask=m2, other=0.0)
-        a0 = tl.load(g_t, mask=m2, other=0.0)
-        a1 = tl.load(g_t + H, mask=m2, other=0.0)
-        a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0)
-        if G == 4:
-            a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0)
-        else:
-            a3 = a2
+        dh += d_o
         d0, d1, d2, d3, dc = _cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
         ty = dz_last_ptr.dtype.element_ty
         tl.store(dz_t + off_g, d0.to(ty), mask=m2)
@@ -351,14 +361,16 @@ def _persistent_bwd_kernel(
         tl.store(dz_t + off_g + 2 * H, d2.to(ty), mask=m2)
         if G == 4:
             tl.store(dz_t + off_g + 3 * H, d3.to(ty), mask=m2)
+        c = c_prev
         if i + 1 < K:  # dh_{t-1} = dz_t U needs every unit's dz_t (the caller forms dz_0 U itself)
+            dout_t -= step_h
+            c_t -= step_h
+            g_t -= step_g
+            d_o, c_prev, a0, a1, a2, a3 = _load_bwd_step(dout_t, c_t - step_h, g_t, m2, H, G)
             spin_limit = _grid_barrier(sync, err_ptr, (i + 1) * n_h, spin_limit)
             dh = _dz_times_u(dz_t, w_ptr, w0, w1, w2, w3, rows, mb, units, mu, H,
                              G, U_ON_CHIP, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
-        c = c_prev
-        dout_t -= step_h
-        g_t -= step_g
-        dz_t -= step_g
+            dz_t -= step_g
     tl.store(dc_ptr + off_h, dc, mask=m2)
 
 
