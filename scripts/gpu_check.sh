@@ -4,8 +4,8 @@
 # It writes everything under $OUT (default /tmp/gpu_check), at most 8 files: env.txt, bench.json/.log
 # (DESIGN.md's five configs, bf16 + fp32, Triton vs reference vs cuDNN, with a float64 check first),
 # pytest.log (every @pytest.mark.cuda test), long.json, long64k.json, long.log (issue 7: T=8192 chunked vs
-# save-everything, T=65536 chunked), sweep.json (tile sizes of the step kernels). Each stage has its own
-# time limit (sum 485 s, setup included about 8 minutes at worst; typically less) and the tables come last.
+# save-everything, T=65536 chunked), persistent.json/.log (issue 5: persistent vs step kernels). Each stage has its own
+# time limit (sum 530 s, setup included about 8 minutes at worst; typically less) and the tables come last.
 # Needs torch + triton (+ pytest) already installed; no network.
 set -u
 OUT="${OUT:-/tmp/gpu_check}"
@@ -62,14 +62,14 @@ timeout 50 "$PY" scripts/bench_kernels.py --configs long-64k --dtypes bf16 --imp
   >>"$OUT/long.log" 2>&1
 tail -3 "$OUT/long.log"
 
-stage "tile sweep of the step kernels (bf16, fwd+bwd)"
-timeout 45 "$PY" scripts/bench_kernels.py --configs lm-seed,adding --dtypes bf16 --impls triton --skip-check \
-  --no-fwd-only --min-time 0.2 --max-reps 5 --warmup 1 \
-  --tile 128,32,64,8 --tile 64,32,64,4 --tile 64,64,64,8 --tile 16,32,64,4 --json "$OUT/sweep.json" \
-  >/dev/null 2>&1
+stage "persistent vs step kernels (issue 5: adding, smnist, lm-1k; forced families, checked first)"
+timeout 90 "$PY" scripts/bench_kernels.py --configs adding,smnist,lm-1k --dtypes bf16,fp32 --impls triton,nn.LSTM \
+  --kernel step --kernel persistent --min-time 0.2 --max-reps 5 --warmup 1 --json "$OUT/persistent.json" \
+  >"$OUT/persistent.log" 2>&1
+tail -3 "$OUT/persistent.log"
 
 stage "summary"
-"$PY" scripts/bench_kernels.py --summarize "$OUT/sweep.json" "$OUT/long64k.json" "$OUT/long.json" "$OUT/bench.json"
+"$PY" scripts/bench_kernels.py --summarize "$OUT/persistent.json" "$OUT/long64k.json" "$OUT/long.json" "$OUT/bench.json"
 echo
 echo "bench rc=$BENCH_RC pytest rc=$TEST_RC; total $(( $(date +%s) - START )) s; files in $OUT:"
 ls "$OUT"
