@@ -78,3 +78,18 @@ def test_script_and_bad_input(tmp_path):
     bad.write_text(json.dumps({"job": "lm"}))
     with pytest.raises(SummaryError, match="has no 'task'"):
         compare([bad], tmp_path / "o2")
+
+
+def test_runs_of_different_sizes_get_their_own_table(tmp_path):
+    def cfg(lag, lr):
+        return {"config": {"task": {"lag": lag, "batch_size": 32}, "model": {"hidden": 128, "forget_bias": None},
+                           "train": {"lr": lr, "seed": 0}}}
+
+    _run(tmp_path / "r", "a", "copy", "UR", 0.95, extra=cfg(20, 0.01))
+    _run(tmp_path / "r", "b", "copy", "UR", 0.50, extra=cfg(50, 0.01))
+    _run(tmp_path / "r", "c", "copy", "lstm", 0.12, extra=cfg(20, 0.001))
+    res = compare([tmp_path / "r"], tmp_path / "o")
+    lag20, lag50 = res["table"].split("### copy, lag 20")[1].split("### copy, lag 50")
+    assert "H 128, batch 32, lr 0.01 |" in lag20 and "lr 0.001" in lag20 and "/r/b`" in lag50
+    assert lag50.count("| UR-LSTM") == 1 and "| LSTM" not in lag50
+    assert sorted(p.name for p in res["plots"]) == ["copy-lag20.png", "copy-lag50.png"]

@@ -27,6 +27,37 @@ def _order(r: Dict[str, Any]):
     return (ORDER.index(r["variant"]) if r["variant"] in ORDER else len(ORDER), r["_path"])
 
 
+def task_size(r: Dict[str, Any]) -> str:
+    """The task's size from the run's config (``lag 20``, ``T 100``): runs of different sizes are not compared."""
+    t = r.get("config", {}).get("task", {})
+    if r["task"] == "copy" and "lag" in t:
+        return f"lag {t['lag']}"
+    if r["task"] == "adding" and "length" in t:
+        return f"T {t['length']}"
+    return ""
+
+
+def setup(r: Dict[str, Any]) -> str:
+    """What else distinguishes runs of one task: hidden size, batch, learning rate, forget bias, seed."""
+    cfg = r.get("config", {})
+    m, t = cfg.get("model", {}), cfg.get("train", {})
+    batch = cfg.get("task", cfg.get("data", {})).get("batch_size")
+    parts = [f"H {m['hidden']}"] if "hidden" in m else []
+    parts += [f"batch {batch}"] if batch else []
+    parts += [f"lr {t['lr']:g}"] if "lr" in t else []
+    parts += [f"forget bias {m['forget_bias']:g}"] if m.get("forget_bias") is not None else []
+    parts += [f"seed {t['seed']}"] if t.get("seed") else []
+    return ", ".join(parts) or "–"
+
+
+def groups(runs: List[Dict[str, Any]]):
+    """``(title, runs)`` per task and size, runs in variant order."""
+    keys = sorted({(r["task"], task_size(r)) for r in runs})
+    for task, size in keys:
+        yield task, (f"{task}, {size}" if size else task), sorted(
+            (r for r in runs if r["task"] == task and task_size(r) == size), key=_order)
+
+
 def first_step_reaching(history: List[Dict[str, Any]], metric: str, target: float) -> Optional[int]:
     """The first evaluated step at which ``metric`` reached ``target`` (>= for accuracy, <= otherwise)."""
     for row in history:
@@ -87,10 +118,9 @@ def _variant_label(code: str) -> str:
 
 
 def markdown_table(runs: List[Dict[str, Any]]) -> str:
-    """One table per task: variant, steps, final and best of each metric, wall time, throughput, run."""
+    """One table per task and size: variant, setup, steps, final and best of each metric, wall time, throughput, run."""
     out: List[str] = []
-    for task in sorted({r["task"] for r in runs}):
-        group = sorted((r for r in runs if r["task"] == task), key=_order)
+    for task, title, group in groups(runs):
         metrics = [HEADLINE.get(task, "loss")] + (["loss"] if HEADLINE.get(task) != "loss" else [])
         if task == "adding":
             metrics = ["mse", "mse_vs_chance"]
@@ -99,13 +129,13 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
         paper = next((r["paper_ur_lstm_accuracy"] for r in group if r.get("paper_ur_lstm_accuracy")), None)
         if paper:
             note += f"; the paper's UR-LSTM on the full data set: {_fmt(paper, 'accuracy')}"
-        out.append(f"### {task}" + (f" (chance: {note})" if note else ""))
+        out.append(f"### {title}" + (f" (chance: {note})" if note else ""))
         out.append("")
         target = TARGETS.get(task)
         has_data = any("train_images" in r for r in group)
         reach = [f"first step with {target[0]} {'≥' if target[0] in HIGHER_IS_BETTER else '≤'} "
                  f"{_fmt(target[1], target[0])}"] if target else []
-        head = ["variant", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + reach + \
+        head = ["variant", "setup", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + reach + \
                (["data (train/test)"] if has_data else []) + ["wall", "throughput", "run"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -121,12 +151,12 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
             if target:
                 hit = first_step_reaching(r["_evals"], *target)
                 best.append(str(hit) if hit is not None else "not reached")
-            cells = [_variant_label(r["variant"]), str(r["step"])] + final + best + data + [
+            cells = [_variant_label(r["variant"]), setup(r), str(r["step"])] + final + best + data + [
                 f"{r.get('wall_s', float('nan')):.0f} s", f"{rate:.0f} {unit}/s" if rate else "–",
                 f"`{Path(r['_path']).parent}`"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
 def _smooth(values: List[float], window: int) -> List[float]:
@@ -142,7 +172,7 @@ def _smooth(values: List[float], window: int) -> List[float]:
 
 
 def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
-    """One PNG per task: training loss (smoothed), then each evaluation metric, a line per variant."""
+    """One PNG per task and size: training loss (smoothed), then each evaluation metric, a line per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,8 +180,7 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for task in sorted({r["task"] for r in runs}):
-        group = sorted((r for r in runs if r["task"] == task), key=_order)
+    for task, title, group in groups(runs):
         metrics = ["mse"] if task == "adding" else [m for m in ("accuracy", "loss")]
         fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5.0 * (1 + len(metrics)), 4.0), squeeze=False)
         axes = axes[0]
@@ -169,9 +198,9 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
                 pts = [(e["step"], e[m]) for e in r["_evals"] if m in e]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
-        axes[0].set_title(f"{task}: training loss")
+        axes[0].set_title(f"{title}: training loss")
         for ax, m in zip(axes[1:], metrics):
-            ax.set_title(f"{task}: {group[0].get('eval_split', 'test')} {m}")
+            ax.set_title(f"{title}: {group[0].get('eval_split', 'test')} {m}")
             chance = group[0].get("chance", {}).get(m)
             if chance is not None:
                 ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
@@ -182,7 +211,7 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"{task}.png"
+        path = out_dir / (title.replace(", ", "-").replace(" ", "") + ".png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
