@@ -113,3 +113,108 @@ def test_no_bias_and_zero_initial_state():
     out, _ = urlstm(x, [w], gate="UR")
     zeros = torch.zeros(B, H, dtype=torch.float64)
     torch.testing.assert_close(out, run_layer("UR", x, zeros, zeros, *w)[0])
+
+
+# --- the closed-form elementwise backward and the oneDNN GEMMs of reference_recurrence ---------------------
+
+def _grads(impl, code, x, h0, c0, w, seed=1):
+    """Outputs and the gradients of a loss touching out, h_T and c_T, for every input and weight."""
+    spec = parse_gate(code)
+    leaves = [t.clone().requires_grad_() for t in (x, h0, c0, *w) if t is not None]
+    x_, h0_, c0_, w_ih, w_hh = leaves[:5]
+    b = leaves[5] if len(leaves) > 5 else None
+    out, h, c = impl(x_, w_ih, w_hh, b, h0_, c0_, spec)
+    gen = torch.Generator().manual_seed(seed)
+    loss = ((out.double() * torch.randn(out.shape, generator=gen, dtype=torch.float64)).sum()
+            + (h.double() * 0.3).sum() + (c.double() ** 2).sum())
+    return (out, h, c) + torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("steps,bias", [(6, True), (1, True), (4, False)])
+@pytest.mark.parametrize("code", ALL_VARIANTS)
+def test_fast_backward_equals_autograd_every_variant(code, steps, bias):
+    """Every variant (closed-form backward for the elementwise ones, autograd per step for cumax), odd
+    shapes, T=1 and no bias: outputs and all gradients equal autograd through the naive loop in float64."""
+    x = torch.randn(steps, 3, 5, dtype=torch.float64)
+    h0, c0 = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    w = _rand_weights(code, 5, 7, bias=bias)
+    ref = _grads(naive_recurrence, code, x, h0, c0, w)
+    got = _grads(reference_recurrence, code, x, h0, c0, w)
+    assert len(got) == len(ref) == 3 + 5 + bias
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture
+def onednn_everywhere(monkeypatch):
+    """Take the oneDNN GEMM paths even at test sizes (they are used from ONEDNN_MIN_NUMEL elements on)."""
+    import urlstm_triton.reference as reference
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(reference, "ONEDNN_MIN_NUMEL", 0)
+
+
+@pytest.mark.parametrize("code", ["UR", "U-", "lstm", "OM"])
+def test_float32_onednn_paths_match_float64_autograd(code, onednn_everywhere):
+    """float32 through the oneDNN input projection, recurrent and weight-gradient GEMMs vs float64 autograd."""
+    x = torch.randn(7, 5, 9, dtype=torch.float64)
+    h0, c0 = torch.randn(5, 11, dtype=torch.float64), torch.randn(5, 11, dtype=torch.float64)
+    w = _rand_weights(code, 9, 11)
+    ref = _grads(naive_recurrence, code, x, h0, c0, w)
+    got = _grads(reference_recurrence, code, x.float(), h0.float(), c0.float(), [t.float() for t in w])
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        assert ((a.double() - b).abs().max() / b.abs().max()) < 1e-5
+
+
+def test_input_projection_onednn_equals_linear(onednn_everywhere):
+    """The oneDNN input projection gives F.linear's values and gradients, with or without bias or grad on x."""
+    from urlstm_triton.reference import _input_projection
+
+    for with_bias in (True, False):
+        for x_grad in (True, False):
+            x = torch.randn(4, 3, 6, requires_grad=x_grad)
+            w = torch.randn(10, 6, requires_grad=True)
+            b = torch.randn(10, requires_grad=True) if with_bias else None
+            g = torch.randn(4, 3, 10)
+            outs = []
+            for fn in (_input_projection, torch.nn.functional.linear):
+                y = fn(x, w, b)
+                leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+                outs.append((y,) + torch.autograd.grad(y, leaves, g))
+            assert outs[0][0].grad_fn is not None and "InputProjection" in type(outs[0][0].grad_fn).__name__
+            for a, r in zip(*outs):
+                torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("code", ["UR", "-R", "C-", "lstm"])
+def test_bfloat16_autocast_gradients_match_naive(code):
+    """Under CPU autocast (bf16 GEMMs, float32 cell) the explicit backward follows the naive loop's autograd
+    to bf16 accuracy, and c_T stays float32."""
+    x = torch.randn(8, 4, 6)
+    h0, c0 = torch.randn(4, 16), torch.randn(4, 16)
+    w = [t.float() for t in _rand_weights(code, 6, 16)]
+    res = []
+    for impl in (naive_recurrence, reference_recurrence):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            res.append(_grads(impl, code, x, h0, c0, w))
+    assert res[1][0].dtype == torch.bfloat16 and res[1][2].dtype == torch.float32
+    for a, b in zip(*res):
+        assert a.dtype == b.dtype
+        assert ((a.double() - b.double()).abs().max() / b.double().abs().max()) < 2e-2
+
+
+@pytest.mark.parametrize("code", ["UR", "OM"])
+def test_backward_twice_with_retained_graph_gives_same_gradients(code):
+    """The backward must not overwrite what forward saved: a second backward over a retained graph agrees."""
+    spec = parse_gate(code)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = [t.requires_grad_() for t in _rand_weights(code, 3, 4)]
+    h0 = torch.zeros(2, 4, dtype=torch.float64)
+    out, h, c = reference_recurrence(x, *w, h0, h0, spec)
+    loss = out.pow(2).sum() + c.sum()
+    first = torch.autograd.grad(loss, [x, *w], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *w])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

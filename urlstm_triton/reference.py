@@ -83,6 +83,16 @@ def naive_recurrence(
     return out, h, c
 
 
+# Smallest weight (elements) for which the oneDNN GEMMs below are used; tests lower it to cover them.
+ONEDNN_MIN_NUMEL = 65536
+
+
+def _onednn_pays(*tensors: Tensor) -> bool:
+    """oneDNN's linear for float32 CPU tensors big enough to matter (see :func:`_right_matmul`)."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and max(t.numel() for t in tensors) >= ONEDNN_MIN_NUMEL and torch.backends.mkldnn.is_available())
+
+
 def _right_matmul(weight: Tensor, batch: int):
     """``a -> a @ weight.T`` for the per-step recurrent GEMM of a ``(batch, K)`` operand.
 
@@ -91,8 +101,7 @@ def _right_matmul(weight: Tensor, batch: int):
     (512, 2048)`` 85 us vs 250-350 us on 2 AMD EPYC cores, where MKL's small GEMM is slow); that is what
     ``nn.LSTM`` uses on a CPU too. Anything else, or any failure of that private op, uses ``F.linear``.
     """
-    if (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.numel() >= 65536
-            and torch.backends.mkldnn.is_available()):
+    if _onednn_pays(weight):
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
             fn = lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
@@ -103,8 +112,149 @@ def _right_matmul(weight: Tensor, batch: int):
     return lambda a: torch.nn.functional.linear(a, weight)
 
 
+def _linear(a: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``a @ weight.T (+ bias)`` for the large GEMMs over all steps (2-D ``a``; ``weight`` may be a
+    transposed view).
+
+    oneDNN where :func:`_onednn_pays`: on 2 AMD EPYC cores it ran these shapes 1.5-2.3x faster than
+    ``torch.mm`` (MKL), e.g. ``dW_hh`` at T*B=4096, 4H=1024, H=256: 14.6 vs 33 ms on one thread.
+    """
+    if _onednn_pays(a, weight):
+        try:
+            return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
+        except (RuntimeError, AttributeError):
+            pass
+    return torch.nn.functional.linear(a, weight, bias)
+
+
+def _weight_grad(dz: Tensor, a: Tensor) -> Tensor:
+    """``dz^T a`` (``(N, M)^T (N, K) -> (M, K)``), the weight gradient summed over all steps and rows.
+
+    Computed as ``(a^T dz)^T``: ``a^T`` is the narrow operand, so its transposed copy is the cheap one.
+    """
+    return _linear(a.t().contiguous(), dz.t()).t()
+
+
+class _InputProjection(torch.autograd.Function):
+    """``x W^T + b`` for float32 CPU inputs, every GEMM of it through :func:`_linear` (oneDNN). Same values
+    as ``F.linear``; the backward's ``dx``, ``dW`` and ``db`` are one GEMM or sum each."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        x, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _linear(dy2, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = _weight_grad(dy2, x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
+def _input_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """All steps' ``W x + b`` in one GEMM: oneDNN for float32 CPU, else ``F.linear`` (autocast applies)."""
+    if (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and _onednn_pays(weight) and x.dtype == weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32)):
+        return _InputProjection.apply(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def _activate_(a: Tensor, hidden: int) -> Tensor:
+    """Apply the gate nonlinearities in place to pre-activations ``a`` (``..., G*H``) of an elementwise variant.
+
+    Every elementwise layout has its tanh block second to last and sigmoid blocks elsewhere (``f, [r], u, o``
+    and ``i, f, g, o``), so three in-place calls cover all variants.
+    """
+    split = a.shape[-1] - 2 * hidden
+    a[..., :split].sigmoid_()
+    a[..., split:split + hidden].tanh_()
+    a[..., split + hidden:].sigmoid_()
+    return a
+
+
+def _refine_forget(f: Tensor, r: Tensor) -> Tensor:
+    """The refined forget gate ``g = f^2 + 2 r f (1 - f)`` (same expression as :func:`cell_update`)."""
+    return torch.addcmul(f * f, r, f * (1 - f), value=2.0)
+
+
+def _elementwise_step_(a: Tensor, c_prev: Tensor, spec: GateSpec, c_out: Tensor, tc_out: Tensor,
+                       h_out: Tensor) -> None:
+    """One step of an elementwise variant on activated gates ``a`` (``B, G, H``): writes ``c_t``,
+    ``tanh(c_t)`` and ``h_t = o tanh(c_t)`` (cast to ``h_out``'s dtype). The same math as :func:`cell_update`."""
+    if spec.classic:
+        i, f, g, o = a.unbind(1)
+        torch.addcmul(i * g, f, c_prev, out=c_out)
+    else:
+        f, u, o = a[:, 0], a[:, -2], a[:, -1]
+        g = _refine_forget(f, a[:, 1]) if spec.aux == "R" else f
+        torch.lerp(u, c_prev, g, out=c_out)
+    torch.tanh(c_out, out=tc_out)
+    torch.mul(o, tc_out, out=h_out)
+
+
+def _elementwise_factors(gates: Tensor, c_prev: Tensor, tanh_c: Tensor, spec: GateSpec):
+    """Local derivatives of every step at once, from the saved activations (``T, B, G, H``, ``T, B, H``).
+
+    The step backward is linear in the incoming ``(dh, dc)``::
+
+        dc     = dc_next + dh * o (1 - tanh(c)^2)
+        dz_o   = dh * tanh(c) o (1 - o)
+        dz_k   = dc * k_k                   for every other gate block k
+        dc_prev = dc * carry                (the effective forget gate)
+
+    so the factors ``k`` (``T, B, G, H``, with ``dz_o``'s factor in the last block), ``o (1 - tanh(c)^2)``
+    and ``carry`` are computed here as a few large vectorised ops, leaving the time loop with five small
+    ones. Formulas (DESIGN.md, "Backward of one step")::
+
+        tied   f, u:     k_f = (c_prev - u) f (1 - f)          k_u = (1 - f)(1 - u^2)          carry = f
+        refine f, r, u:  g = f^2 + 2 r f (1 - f)
+                         k_f = (c_prev - u)(2 r + 2 (1 - 2 r) f) f (1 - f)
+                         k_r = (c_prev - u) 2 f (1 - f) r (1 - r)
+                         k_u = (1 - g)(1 - u^2)                                                 carry = g
+        classic i, f, g: k_i = g i (1 - i)    k_f = c_prev f (1 - f)    k_g = i (1 - g^2)       carry = f
+    """
+    o = gates[:, :, -1]
+    k = torch.empty_like(gates)
+    torch.mul(tanh_c, o * (1 - o), out=k[:, :, -1])
+    dc_from_dh = o * (1 - tanh_c * tanh_c)
+    if spec.classic:
+        i, f, g = gates[:, :, 0], gates[:, :, 1], gates[:, :, 2]
+        torch.mul(g, i * (1 - i), out=k[:, :, 0])
+        torch.mul(c_prev, f * (1 - f), out=k[:, :, 1])
+        torch.mul(i, 1 - g * g, out=k[:, :, 2])
+        return k, dc_from_dh, f
+    f, u = gates[:, :, 0], gates[:, :, -2]
+    df = f * (1 - f)
+    cu = c_prev - u
+    if spec.aux == "R":
+        r = gates[:, :, 1]
+        carry = _refine_forget(f, r)
+        torch.mul(cu * df, 2 * r + 2 * (1 - 2 * r) * f, out=k[:, :, 0])
+        torch.mul(cu * 2 * df, r * (1 - r), out=k[:, :, 1])
+    else:
+        carry = f
+        torch.mul(cu, df, out=k[:, :, 0])
+    torch.mul(1 - carry, 1 - u * u, out=k[:, :, -2])
+    return k, dc_from_dh, carry
+
+
 class _BPTT(torch.autograd.Function):
-    """The recurrent part given the input projection: ``(xproj, w_hh, h0, c0) -> (out, h_T, c_T)``."""
+    """The recurrent part given the input projection: ``(xproj, w_hh, h0, c0) -> (out, h_T, c_T)``.
+
+    Elementwise variants save their activated gates (``T, B, G*H``, like cuDNN's workspace) and ``tanh(c)``
+    and run a closed-form backward (:func:`_elementwise_factors`); cumax variants save the pre-activations
+    and let autograd differentiate :func:`cell_update` step by step.
+    """
 
     @staticmethod
     def forward(ctx, xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, spec: GateSpec):
@@ -116,45 +266,93 @@ class _BPTT(torch.autograd.Function):
         # allocation cost more than the step's arithmetic (measured 4x on a 2-core VM); zeroing faults in bulk.
         hs = xproj.new_zeros(steps + 1, batch, hidden)  # h_0 .. h_T (h_{t-1} feeds dW_hh in backward)
         cs = xproj.new_zeros(steps + 1, batch, hidden, dtype=cell_dtype)
-        zs = torch.zeros_like(xproj)
         hs[0], cs[0] = h0, c0
-        for t in range(steps):
-            torch.add(xproj[t], rec(hs[t]), out=zs[t])
-            h, cs[t + 1] = cell_update(zs[t], cs[t], spec)
-            hs[t + 1] = h
+        # per-step views made once: indexing a tensor from Python costs microseconds, as much as a small op
+        h_steps, c_steps, x_steps = hs.unbind(0), cs.unbind(0), xproj.unbind(0)
         ctx.spec = spec
         ctx.dtypes = (w_hh.dtype, h0.dtype, c0.dtype)
-        ctx.save_for_backward(zs, hs, cs, w_hh)
+        if spec.elementwise:
+            gates = torch.zeros_like(xproj, dtype=cell_dtype)  # activated gates, saved for backward
+            tanh_c = torch.zeros_like(cs[1:])
+            blocks = gates.shape[-1] // hidden
+            for t, (a, tc) in enumerate(zip(gates.unbind(0), tanh_c.unbind(0))):
+                if dtype == cell_dtype:
+                    torch.add(x_steps[t], rec(h_steps[t]), out=a)
+                else:  # half precision: z in the compute dtype, as the GEMM gives it; gate math in float32
+                    a.copy_(x_steps[t] + rec(h_steps[t]))
+                _activate_(a, hidden)
+                _elementwise_step_(a.view(batch, blocks, hidden), c_steps[t], spec, c_steps[t + 1], tc,
+                                   h_steps[t + 1])
+            ctx.save_for_backward(gates, tanh_c, hs, cs, w_hh)
+        else:
+            zs = torch.zeros_like(xproj)
+            for t, z in enumerate(zs.unbind(0)):
+                torch.add(x_steps[t], rec(h_steps[t]), out=z)
+                h, cs[t + 1] = cell_update(z, c_steps[t], spec)
+                hs[t + 1] = h
+            ctx.save_for_backward(zs, hs, cs, w_hh)
         return hs[1:], hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: Tensor, d_h: Tensor, d_c: Tensor):
-        zs, hs, cs, w_hh = ctx.saved_tensors
+        if ctx.spec.elementwise:
+            gates, tanh_c, hs, cs, w_hh = ctx.saved_tensors
+            dzs, dh, dc = _elementwise_backward(gates, tanh_c, hs, cs, w_hh, d_out, d_h, d_c, ctx.spec)
+        else:
+            zs, hs, cs, w_hh = ctx.saved_tensors
+            dzs, dh, dc = _autograd_backward(zs, hs, cs, w_hh, d_out, d_h, d_c, ctx.spec)
         w_dtype, h0_dtype, c0_dtype = ctx.dtypes
-        cell_dtype = cs.dtype
-        back = _right_matmul(w_hh.to(zs.dtype).t().contiguous(), zs.shape[1])  # dz -> dz U
-        dzs = torch.zeros_like(zs)  # zeros: see forward
-        dh, dc = d_h.to(cell_dtype), d_c.to(cell_dtype)
-        for t in range(zs.shape[0] - 1, -1, -1):
-            dh = dh + d_out[t]
-            with torch.enable_grad():
-                z = zs[t].detach().requires_grad_()
-                c_prev = cs[t].detach().requires_grad_()
-                h, c = cell_update(z, c_prev, ctx.spec)
-                dz, dc = torch.autograd.grad((h, c), (z, c_prev), (dh, dc))
-            dzs[t] = dz
-            dh = back(dzs[t]).to(cell_dtype)  # dh_{t-1} = dz_t U
         # dU = sum_t dz_t^T h_{t-1}: one GEMM over all steps
-        dw = torch.mm(dzs.flatten(0, 1).t(), hs[:-1].flatten(0, 1)).to(w_dtype)
+        dw = _weight_grad(dzs.flatten(0, 1), hs[:-1].flatten(0, 1)).to(w_dtype)
         return dzs, dw, dh.to(h0_dtype), dc.to(c0_dtype), None
+
+
+def _elementwise_backward(gates, tanh_c, hs, cs, w_hh, d_out, d_h, d_c, spec):
+    """Reverse recurrence of an elementwise variant: ``(dz for all steps, dh_0, dc_0)``."""
+    steps, batch = gates.shape[:2]
+    hidden = hs.shape[-1]
+    cell_dtype = cs.dtype
+    back = _right_matmul(w_hh.to(hs.dtype).t().contiguous(), batch)  # dz -> dz U
+    k, dc_from_dh, carry = _elementwise_factors(gates.view(steps, batch, -1, hidden), cs[:-1], tanh_c, spec)
+    dzs = hs.new_zeros(gates.shape)  # compute dtype, as the GEMMs take it; zeros: see forward
+    dz4 = dzs.view(steps, batch, -1, hidden)
+    views = zip(d_out.unbind(0), dzs.unbind(0), dz4[:, :, :-1].unbind(0), dz4[:, :, -1].unbind(0),
+                k[:, :, :-1].unbind(0), k[:, :, -1].unbind(0), dc_from_dh.unbind(0), carry.unbind(0))
+    dh, dc = d_h.to(cell_dtype), d_c.to(cell_dtype)
+    for d_out_t, dz, dz_cell, dz_o, k_cell, k_o, dc_from_dh_t, carry_t in reversed(list(views)):
+        dh = dh + d_out_t
+        dc = torch.addcmul(dc, dh, dc_from_dh_t)
+        torch.mul(k_cell, dc.unsqueeze(1), out=dz_cell)
+        torch.mul(k_o, dh, out=dz_o)
+        dc = dc * carry_t
+        dh = back(dz).to(cell_dtype)  # dh_{t-1} = dz_t U
+    return dzs, dh, dc
+
+
+def _autograd_backward(zs, hs, cs, w_hh, d_out, d_h, d_c, spec):
+    """Reverse recurrence of any variant, autograd differentiating :func:`cell_update` at each step."""
+    cell_dtype = cs.dtype
+    back = _right_matmul(w_hh.to(zs.dtype).t().contiguous(), zs.shape[1])  # dz -> dz U
+    dzs = torch.zeros_like(zs)  # zeros: see forward
+    dh, dc = d_h.to(cell_dtype), d_c.to(cell_dtype)
+    for t in range(zs.shape[0] - 1, -1, -1):
+        dh = dh + d_out[t]
+        with torch.enable_grad():
+            z = zs[t].detach().requires_grad_()
+            c_prev = cs[t].detach().requires_grad_()
+            h, c = cell_update(z, c_prev, spec)
+            dz, dc = torch.autograd.grad((h, c), (z, c_prev), (dh, dc))
+        dzs[t] = dz
+        dh = back(dzs[t]).to(cell_dtype)  # dh_{t-1} = dz_t U
+    return dzs, dh, dc
 
 
 def reference_recurrence(
     x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor], h0: Tensor, c0: Tensor, spec: GateSpec
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`naive_recurrence`, with an explicit BPTT backward (see module docstring)."""
-    xproj = torch.nn.functional.linear(x, w_ih, bias)  # all steps' W x + b in one GEMM (autocast applies)
+    xproj = _input_projection(x, w_ih, bias)
     cell_dtype = _dtypes(xproj.dtype)
     device_type = x.device.type
     with torch.autocast(device_type, enabled=False):
