@@ -117,11 +117,13 @@ def test_vision_epochs_set_the_step_count(tmp_path):
         _vision(tmp_path, "ep2", data, "--epochs", "1", "--steps", "3")
 
 
-def test_vision_real_mnist_5k_smoke(tmp_path):
+def test_vision_real_mnist_5k_smoke(tmp_path, monkeypatch):
     from conftest import SHARED_DATA
 
     if not (SHARED_DATA / "mnist-5k" / "mnist_5k.csv.gz").exists():
         pytest.skip("no mnist-5k")
+    # the preset's ../shared/data/... path is found relative to the project root from any working directory
+    monkeypatch.chdir(tmp_path)
     s = vision_job.main(["--preset", "smnist-tiny", "--steps", "2", "--max_test", "50", "--hidden", "4", "--variant", "lstm",
                          "--run.dir", str(tmp_path / "r")] + QUIET)
     assert s["train_images"] == 4000 and s["test_images"] == 50 and s["task"] == "smnist"
@@ -143,3 +145,13 @@ def test_scripts_refuse_bad_input_before_training(tmp_path, script, args, proble
     if "BAD" in args or script.endswith("vision.py") and "--data.data" in args:
         assert str(bad) in proc.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_vision_scifar_from_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar.npz", x_train=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 12), x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 4))
+    s = _vision(tmp_path, "c", tmp_path / "cifar.npz", "--task", "scifar", "--variant", "lstm", "--steps", "2")
+    assert s["task"] == "scifar" and s["seq_len"] == 1024 and (s["train_images"], s["test_images"]) == (12, 4)
+    assert s["paper_ur_lstm_accuracy"] == 0.71 and (tmp_path / "c" / "checkpoints" / "step-00000002").is_dir()
