@@ -32,10 +32,13 @@ def load_reference_copy(path: str):
     return module.reference_recurrence
 
 
+CLOCK = time.perf_counter
+
+
 def _time(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return (time.perf_counter() - start) * 1e3
+    return (CLOCK() - start) * 1e3
 
 
 def bench_config(T, B, I, H, gate, reps, warmup, extra):
@@ -91,14 +94,23 @@ def main():
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the CPU time of this thread (time.thread_time), not wall time: with --threads 1 "
+                        "it ignores the time other jobs on a shared machine take the core away")
     p.add_argument("--also", nargs="*", default=[], metavar="FILE",
                    help="other copies of reference.py to time beside this one")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        if torch.get_num_threads() != 1:
+            p.error("--cpu-time counts this thread only: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     extra = {os.path.basename(os.path.dirname(os.path.abspath(f))) + "/" + os.path.basename(f):
              load_reference_copy(f) for f in args.also}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, urlstm_triton from "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'CPU time' if args.cpu_time else 'wall time'}, urlstm_triton from "
           f"{os.path.dirname(urlstm_triton.__file__)}, load {os.getloadavg()[0]:.2f}")
     print("| T, B, I, H | path | fwd+bwd ms | x nn.LSTM | fwd ms | x nn.LSTM |")
     print("|---|---|---|---|---|---|")
