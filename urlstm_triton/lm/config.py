@@ -106,12 +106,14 @@ class LMConfig:
 PRESETS = {
     # Offline, CPU, a few minutes on 2 cores including tokeniser training and evaluation.
     "quickstart": {
-        "run": {"cpu": True, "log_every": 25},
+        # one thread: the recurrence is many small ops, where a second OpenMP thread costs more than it gives
+        # (3x slower on a busy 2-core machine, measured)
+        "run": {"cpu": True, "log_every": 25, "threads": 1},
         "data": {"source": "pydoc", "batch_size": 32, "bptt": 64, "eval_batch_size": 4},
         "tokenizer": {"vocab_size": 2000},
         "model": {"embed": 256, "hidden": 512, "layers": 1, "dropout": 0.2},
-        "train": {"steps": 200, "lr": 3e-3, "warmup_steps": 20, "grad_clip": 1.0, "eval_every": 50,
-                  "eval_batches": 10, "save_every": 100},
+        "train": {"steps": 400, "lr": 3e-3, "warmup_steps": 20, "grad_clip": 1.0, "eval_every": 100,
+                  "eval_batches": 10, "save_every": 200},
     },
     # WikiText-103 at the community port's scale (one GPU or several; batch_size is global).
     "wt103": {
