@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from urlstm_triton.functional import resolve_backend
 from urlstm_triton.gates import parse_gate
 from urlstm_triton.lm.model import LanguageModel
+from urlstm_triton.reference import reference_recurrence
 
 SHAPES = {
     "wt103": dict(vocab=32000, embed=1024, hidden=3072, batch=128, bptt=128),
@@ -65,7 +66,7 @@ def bench(rnn: str, shape: dict, device, steps: int, warmup: int, precision: str
     n_tok = shape["batch"] * shape["bptt"] * steps
     if rnn == "urlstm":
         fn = resolve_backend(backend, parse_gate(gate), device)
-        used = "triton" if "triton" in fn.__module__ else "reference"
+        used = "reference" if fn is reference_recurrence else "triton"
     else:
         used = "cudnn" if device.type == "cuda" else "aten"
     return {"rnn": rnn, "backend": used, "tokens_per_s": n_tok / dt, "ms_per_step": 1000 * dt / steps,

@@ -56,7 +56,7 @@ def test_throughput_bench_runs_both_models_side_by_side(tmp_path, capsys):
     results = load_script("bench_lm_throughput").main(
         ["--small", "--steps", "1", "--warmup", "0", "--hidden", "16", "--embed", "8", "--bptt", "4", "--vocab",
          "50", "--backend", "reference", "--json", str(out)])
-    assert [r["rnn"] for r in results] == ["urlstm", "lstm"]
+    assert [(r["rnn"], r["backend"]) for r in results] == [("urlstm", "reference"), ("lstm", "aten")]
     assert all(r["tokens_per_s"] > 0 for r in results)
     assert json.loads(out.read_text())["shape"]["hidden"] == 16
     assert "of nn.LSTM" in capsys.readouterr().out
