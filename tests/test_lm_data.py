@@ -181,3 +181,22 @@ def test_word_count_of_the_wikitext_test_split_matches_the_literature(tmp_path):
     c = load_corpus(parse_config(LMConfig, argv, PRESETS))
     assert count_words_bytes(c.splits["test"]["text"])[0] == 245_569
     assert count_words_bytes(c.splits["valid"]["text"])[0] == 217_646
+
+
+def test_parquet_files_with_hugging_face_split_names(tmp_path, corpus):
+    import datasets
+
+    files = []
+    for split, hf_name in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        rows = corpus[split].read_text().split("\n")[:-1]
+        p = tmp_path / f"{hf_name}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict({"text": [r + "\n" for r in rows]}).to_parquet(str(p))
+        files.append(str(p))
+    base = tiny_args(tmp_path / "run", tmp_path / "cache", corpus)
+    i = base.index("--data.files")
+    cfg = parse_config(LMConfig, base[:i + 1] + files + base[i + 4:], PRESETS)
+    c = load_corpus(cfg)
+    lines = corpus["valid"].read_text().split("\n")[:-1]
+    assert c.splits["valid"].num_rows == len(lines)
+    data = prepare_data(cfg)  # trailing newlines of parquet rows do not count as extra lines or words
+    assert (data.splits["valid"].n_words, data.splits["valid"].n_bytes) == count_words_bytes(lines)
