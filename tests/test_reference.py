@@ -147,12 +147,12 @@ def test_fast_backward_equals_autograd_every_variant(code, steps, bias):
 
 @pytest.fixture
 def onednn_everywhere(monkeypatch):
-    """Take the oneDNN GEMM paths even at test sizes (they are used from ONEDNN_MIN_NUMEL elements on)."""
+    """Take the oneDNN GEMM paths even at test sizes (they are used from ONEDNN_MIN_MACS multiply-adds on)."""
     import urlstm_triton.reference as reference
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
-    monkeypatch.setattr(reference, "ONEDNN_MIN_NUMEL", 0)
+    monkeypatch.setattr(reference, "ONEDNN_MIN_MACS", 0)
 
 
 @pytest.mark.parametrize("code", ["UR", "U-", "lstm", "OM"])
@@ -218,3 +218,23 @@ def test_backward_twice_with_retained_graph_gives_same_gradients(code):
     second = torch.autograd.grad(loss, [x, *w])
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("code", ALL_VARIANTS)
+def test_inference_forward_equals_training_forward(code):
+    """Without anything to differentiate the loop reuses one step's buffers and saves nothing: same numbers
+    as the forward that saves for backward, in float64 and in float32 autocast to bf16."""
+    spec = parse_gate(code)
+    w = _rand_weights(code, 5, 6)
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    h0, c0 = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    for autocast in (False, True):
+        args = [t.float() for t in (x, *w, h0, c0)] if autocast else [x, *w, h0, c0]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.no_grad():
+                inference = reference_recurrence(*args, spec)
+            trained = reference_recurrence(args[0], args[1].clone().requires_grad_(), *args[2:], spec)
+        assert trained[0].grad_fn is not None and inference[0].grad_fn is None
+        for a, b in zip(inference, trained):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)

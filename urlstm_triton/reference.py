@@ -83,14 +83,16 @@ def naive_recurrence(
     return out, h, c
 
 
-# Smallest weight (elements) for which the oneDNN GEMMs below are used; tests lower it to cover them.
-ONEDNN_MIN_NUMEL = 65536
+# Smallest GEMM (multiply-adds) for which oneDNN is used on a CPU; tests lower it to cover those paths.
+# Measured on 2 AMD EPYC cores, one thread: oneDNN wins from about 2^20 (B=16, H=128 step: 19 vs 24 us;
+# 560x64x512 projection: 163 vs 342 us) and loses below (B=16, H=64 step: 13 vs 7 us).
+ONEDNN_MIN_MACS = 1 << 20
 
 
-def _onednn_pays(*tensors: Tensor) -> bool:
-    """oneDNN's linear for float32 CPU tensors big enough to matter (see :func:`_right_matmul`)."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and max(t.numel() for t in tensors) >= ONEDNN_MIN_NUMEL and torch.backends.mkldnn.is_available())
+def _onednn_pays(macs: int, *tensors: Tensor) -> bool:
+    """oneDNN's linear for float32 CPU tensors and a GEMM of at least ``ONEDNN_MIN_MACS``."""
+    return (macs >= ONEDNN_MIN_MACS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and torch.backends.mkldnn.is_available())
 
 
 def _right_matmul(weight: Tensor, batch: int):
@@ -101,7 +103,7 @@ def _right_matmul(weight: Tensor, batch: int):
     (512, 2048)`` 85 us vs 250-350 us on 2 AMD EPYC cores, where MKL's small GEMM is slow); that is what
     ``nn.LSTM`` uses on a CPU too. Anything else, or any failure of that private op, uses ``F.linear``.
     """
-    if _onednn_pays(weight):
+    if _onednn_pays(batch * weight.numel(), weight):
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
             fn = lambda a: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")  # noqa: E731
@@ -119,7 +121,7 @@ def _linear(a: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     oneDNN where :func:`_onednn_pays`: on 2 AMD EPYC cores it ran these shapes 1.5-2.3x faster than
     ``torch.mm`` (MKL), e.g. ``dW_hh`` at T*B=4096, 4H=1024, H=256: 14.6 vs 33 ms on one thread.
     """
-    if _onednn_pays(a, weight):
+    if _onednn_pays(a.shape[0] * weight.numel(), a, weight):
         try:
             return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
         except (RuntimeError, AttributeError):
@@ -163,7 +165,7 @@ class _InputProjection(torch.autograd.Function):
 def _input_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """All steps' ``W x + b`` in one GEMM: oneDNN for float32 CPU, else ``F.linear`` (autocast applies)."""
     if (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and _onednn_pays(weight) and x.dtype == weight.dtype == torch.float32
+            and _onednn_pays(x.numel() * weight.shape[0], x, weight)
             and (bias is None or bias.dtype == torch.float32)):
         return _InputProjection.apply(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
@@ -254,49 +256,70 @@ def _elementwise_factors(gates: Tensor, c_prev: Tensor, tanh_c: Tensor, spec: Ga
     return k, dc_from_dh, carry
 
 
+def _forward_loop(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, spec: GateSpec, save: bool):
+    """The forward time loop given the input projection: ``(hs, cs, saved)``.
+
+    ``hs`` holds ``h_0 .. h_T`` (``T+1, B, H``). With ``save`` (training), ``cs`` holds ``c_0 .. c_T`` and
+    ``saved`` what the backward needs: the activated gates (``T, B, G*H``, like cuDNN's workspace) and
+    ``tanh(c)`` for elementwise variants, the pre-activations for cumax variants. Without it (inference),
+    one step's buffers are reused for every step and ``cs`` is ``c_T`` alone (``1, B, H``).
+    """
+    dtype, cell_dtype = xproj.dtype, _dtypes(xproj.dtype)
+    steps, batch, width = xproj.shape
+    hidden = w_hh.shape[1]
+    rec = _right_matmul(w_hh.to(dtype).contiguous(), batch)
+    # zeros, not empty: the buffers are written one step at a time, and first-touch page faults on a fresh
+    # allocation cost more than the step's arithmetic (measured 4x on a 2-core VM); zeroing faults in bulk.
+    hs = xproj.new_zeros(steps + 1, batch, hidden)  # h_0 .. h_T (h_{t-1} feeds dW_hh in backward)
+    cs = xproj.new_zeros(steps + 1 if save else 1, batch, hidden, dtype=cell_dtype)
+    hs[0], cs[0] = h0, c0
+    # per-step views made once: indexing a tensor from Python costs microseconds, as much as a small op
+    h_steps, x_steps = hs.unbind(0), xproj.unbind(0)
+    c_steps = cs.unbind(0) if save else [cs[0]] * (steps + 1)  # an elementwise op may write onto its input
+
+    def step_buffers(shape, buffer_dtype):
+        """A (T, ...) buffer and its per-step views, or one step's buffer repeated when nothing is saved."""
+        if save:
+            buffer = xproj.new_zeros(steps, *shape, dtype=buffer_dtype)
+            return buffer, buffer.unbind(0)
+        return None, [xproj.new_zeros(*shape, dtype=buffer_dtype)] * steps
+
+    if spec.elementwise:
+        gates, gate_steps = step_buffers((batch, width), cell_dtype)  # pre-activations, activated in place
+        tanh_c, tc_steps = step_buffers((batch, hidden), cell_dtype)
+        for t in range(steps):
+            a = gate_steps[t]
+            if dtype == cell_dtype:
+                torch.add(x_steps[t], rec(h_steps[t]), out=a)
+            else:  # half precision: z in the compute dtype, as the GEMM gives it; gate math in float32
+                a.copy_(x_steps[t] + rec(h_steps[t]))
+            blocks = a.view(batch, -1, hidden).unbind(1)
+            _elementwise_step_(blocks, c_steps[t], spec, c_steps[t + 1], tc_steps[t], h_steps[t + 1])
+        return hs, cs, (gates, tanh_c)
+    zs, z_steps = step_buffers((batch, width), dtype)
+    for t in range(steps):
+        torch.add(x_steps[t], rec(h_steps[t]), out=z_steps[t])
+        h, c = cell_update(z_steps[t], c_steps[t], spec)
+        c_steps[t + 1].copy_(c)
+        h_steps[t + 1].copy_(h)
+    return hs, cs, (zs,)
+
+
 class _BPTT(torch.autograd.Function):
     """The recurrent part given the input projection: ``(xproj, w_hh, h0, c0) -> (out, h_T, c_T)``.
 
-    Elementwise variants save their activated gates (``T, B, G*H``, like cuDNN's workspace) and ``tanh(c)``
-    and run a closed-form backward (:func:`_elementwise_factors`); cumax variants save the pre-activations
-    and let autograd differentiate :func:`cell_update` step by step.
+    Elementwise variants run a closed-form backward from their saved activated gates
+    (:func:`_elementwise_factors`); cumax variants let autograd differentiate :func:`cell_update` step by
+    step from the saved pre-activations.
     """
 
     @staticmethod
     def forward(ctx, xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, spec: GateSpec):
-        dtype, cell_dtype = xproj.dtype, _dtypes(xproj.dtype)
-        steps, batch = xproj.shape[:2]
-        hidden = w_hh.shape[1]
-        rec = _right_matmul(w_hh.to(dtype).contiguous(), batch)
-        # zeros, not empty: the buffers are written one step at a time, and first-touch page faults on a fresh
-        # allocation cost more than the step's arithmetic (measured 4x on a 2-core VM); zeroing faults in bulk.
-        hs = xproj.new_zeros(steps + 1, batch, hidden)  # h_0 .. h_T (h_{t-1} feeds dW_hh in backward)
-        cs = xproj.new_zeros(steps + 1, batch, hidden, dtype=cell_dtype)
-        hs[0], cs[0] = h0, c0
-        # per-step views made once: indexing a tensor from Python costs microseconds, as much as a small op
-        h_steps, c_steps, x_steps = hs.unbind(0), cs.unbind(0), xproj.unbind(0)
+        hs, cs, saved = _forward_loop(xproj, w_hh, h0, c0, spec, save=True)
         ctx.spec = spec
         ctx.dtypes = (w_hh.dtype, h0.dtype, c0.dtype)
-        if spec.elementwise:
-            gates = torch.zeros_like(xproj, dtype=cell_dtype)  # activated gates, saved for backward
-            tanh_c = torch.zeros_like(cs[1:])
-            # per step, the G gate blocks as (B, H) views
-            blocks = list(zip(*(b.unbind(0) for b in gates.view(steps, batch, -1, hidden).unbind(2))))
-            for t, (a, tc) in enumerate(zip(gates.unbind(0), tanh_c.unbind(0))):
-                if dtype == cell_dtype:
-                    torch.add(x_steps[t], rec(h_steps[t]), out=a)
-                else:  # half precision: z in the compute dtype, as the GEMM gives it; gate math in float32
-                    a.copy_(x_steps[t] + rec(h_steps[t]))
-                _elementwise_step_(blocks[t], c_steps[t], spec, c_steps[t + 1], tc, h_steps[t + 1])
-            ctx.save_for_backward(gates, tanh_c, hs, cs, w_hh)
-        else:
-            zs = torch.zeros_like(xproj)
-            for t, z in enumerate(zs.unbind(0)):
-                torch.add(x_steps[t], rec(h_steps[t]), out=z)
-                h, cs[t + 1] = cell_update(z, c_steps[t], spec)
-                hs[t + 1] = h
-            ctx.save_for_backward(zs, hs, cs, w_hh)
-        return hs[1:], hs[steps].clone(), cs[steps].clone()
+        ctx.save_for_backward(*saved, hs, cs, w_hh)
+        return hs[1:], hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -372,4 +395,9 @@ def reference_recurrence(
     cell_dtype = _dtypes(xproj.dtype)
     device_type = x.device.type
     with torch.autocast(device_type, enabled=False):
-        return _BPTT.apply(xproj, w_hh, h0.to(xproj.dtype), c0.to(cell_dtype), spec)
+        args = (xproj, w_hh, h0.to(xproj.dtype), c0.to(cell_dtype))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+            return _BPTT.apply(*args, spec)
+        # nothing to differentiate (inference): no autograd node, and no per-step buffers kept for a backward
+        hs, cs, _ = _forward_loop(*args, spec, save=False)
+        return hs[1:], hs[-1].clone(), cs[-1]
