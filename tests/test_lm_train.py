@@ -52,23 +52,39 @@ def test_resume_continues_at_the_next_step_with_identical_data_and_state(tmp_pat
     assert json.loads((run / "summary.json").read_text())["eval"] == json.loads((ref / "summary.json").read_text())["eval"]
 
 
-def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows(tmp_path, corpus):
-    run = tmp_path / "run"
+def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes_exactly(tmp_path, corpus):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 "29517"]
-    res = run_cli(tiny_args(run, tmp_path / "cache", corpus, "--run.cpu", "true", "--train.steps", "4"),
-                  launcher=launcher, timeout=180)
+
+    def launch(run, *extra, env=None):
+        argv = tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--run.cpu", "true", "--train.steps", "6", *extra)
+        return run_cli(argv, env, launcher=launcher, timeout=180)
+
+    res = launch("ref")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(2 processes)" in res.stderr
-    last = checkpoints(run)[-1]
+    last = checkpoints(tmp_path / "ref")[-1]
     r0 = torch.load(last / "rank000.pt", weights_only=False)["task"]
     r1 = torch.load(last / "rank001.pt", weights_only=False)["task"]
     assert tuple(r0["rows"]) == (0, 2) and tuple(r1["rows"]) == (2, 4)
     assert not torch.equal(r0["carry"][0][0], r1["carry"][0][0])  # each rank carried the state of its own text
     assert json.loads((last / "manifest.json").read_text())["world_size"] == 2
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["units_seen"] == 4 * 4 * 8  # global batch x bptt x steps
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["units_seen"] == 4 * 8 * 6  # global batch x bptt x steps
+    # SIGKILL both processes after step 3, resume: the same end state on every rank as the uninterrupted run
+    killed = launch("run", env={"URLSTM_FAULTS": "kill@3:all"})
+    assert killed.returncode != 0
+    res = launch("run", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "continuing at step 3" in res.stderr
+    assert train_curve(tmp_path / "run") == train_curve(tmp_path / "ref")
+    a, b = checkpoints(tmp_path / "run")[-1], last
+    assert_same_state(load_ckpt(a), load_ckpt(b))
+    r1_resumed = torch.load(a / "rank001.pt", weights_only=False)
+    r1_ref = torch.load(b / "rank001.pt", weights_only=False)
+    assert torch.equal(r1_resumed["task"]["carry"][0][1], r1_ref["task"]["carry"][0][1])
+    assert torch.equal(r1_resumed["rng"]["torch"], r1_ref["rng"]["torch"])
 
 
 def test_classic_lstm_baseline_flag(tmp_path, corpus):
