@@ -238,3 +238,20 @@ def test_inference_forward_equals_training_forward(code):
         for a, b in zip(inference, trained):
             assert a.dtype == b.dtype
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("code", ["UR", "lstm"])
+def test_wide_steps_take_the_sigmoid_tanh_and_match_autograd(code):
+    """From 4096 elements per step the CPU tanh is computed as 2 sigmoid(2x) - 1 (B*H = 8*512 here): outputs
+    and gradients still equal the naive loop's autograd, in float64 and (through oneDNN) in float32."""
+    x = torch.randn(3, 8, 4, dtype=torch.float64)
+    h0, c0 = torch.randn(8, 512, dtype=torch.float64), torch.randn(8, 512, dtype=torch.float64) * 2
+    w = _rand_weights(code, 4, 512)
+    w = (w[0], w[1] * 0.1, w[2])
+    ref = _grads(naive_recurrence, code, x, h0, c0, w)
+    got = _grads(reference_recurrence, code, x, h0, c0, w)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    got32 = _grads(reference_recurrence, code, x.float(), h0.float(), c0.float(), [t.float() for t in w])
+    for a, b in zip(got32, ref):
+        assert ((a.double() - b).abs().max() / b.abs().max()) < 1e-5
