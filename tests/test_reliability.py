@@ -8,7 +8,6 @@ never interrupted (CPU, reference backend).
 import json
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys

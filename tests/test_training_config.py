@@ -1,11 +1,10 @@
 """Config parsing: presets, overrides, bare flags, lists, unknown keys, types, choices, validation, hash."""
 from dataclasses import dataclass, field
-from typing import List
 
 import pytest
 
 from urlstm_triton.lm.config import PRESETS, LMConfig
-from urlstm_triton.training import ConfigError, RunConfig, TrainConfig, config_hash, opt, parse_config
+from urlstm_triton.training import ConfigError, config_hash, opt, parse_config
 
 
 def parse(*argv, preset="quickstart"):
