@@ -5,10 +5,17 @@ Two functions compute the same thing:
 - :func:`naive_recurrence` is the readable oracle: a per-step loop that autograd differentiates, so its
   gradients need no hand-derived formula. Every other path is tested against it.
 - :func:`reference_recurrence` is what ``backend="reference"`` runs. Same forward, but its backward is
-  written out as backpropagation through time: the cell's elementwise math is still differentiated by
-  autograd (step by step, from saved pre-activations), while the recurrent GEMMs are explicit, so
-  ``dW_hh`` is one GEMM over all steps after the loop instead of a ``(4H, H)`` accumulation per step (that
-  accumulation made autograd's loop 3-5x slower than ``nn.LSTM`` on a CPU).
+  written out as backpropagation through time: the recurrent GEMMs are explicit, so ``dW_hh`` is one GEMM
+  over all steps after the loop instead of a ``(4H, H)`` accumulation per step (that accumulation made
+  autograd's loop 3-5x slower than ``nn.LSTM`` on a CPU). For the elementwise variants (tied, refine,
+  classic) the cell's backward is in closed form (DESIGN.md's step formulas) from the activated gates saved
+  in forward, so the reverse loop is five small ops and one GEMM per step; the cumax variants let autograd
+  differentiate :func:`cell_update` step by step from saved pre-activations. Without anything to
+  differentiate, the loop saves nothing and reuses one step's buffers.
+
+On a CPU in float32 the large GEMMs (input projection, ``dx``, ``dW``) and the per-step GEMMs go through
+oneDNN where it is faster than ``torch.mm`` (see :func:`_linear`); every GEMM falls back to ``F.linear``.
+The tests hold this path to :func:`naive_recurrence`'s autograd gradients for every variant.
 
 Both hoist the input projection ``W x + b`` out of the time loop (one GEMM for all steps; autograd gives
 ``dW_ih``, ``db`` and ``dx`` as large GEMMs). Mixed precision: the gate math and the cell state ``c`` run in
@@ -343,7 +350,7 @@ class _BPTT(torch.autograd.Function):
 # Steps per block of the backward's factor computation: about this many gate elements, so that the
 # temporaries stay in cache and are reused by the allocator instead of being fresh, page-faulting memory
 # (one pass over all T steps at once measured slower: each temporary was as large as all the gates).
-FACTOR_BLOCK_ELEMS = 1 << 17
+FACTOR_BLOCK_ELEMS = 1 << 19
 
 
 def _elementwise_backward(gates, tanh_c, hs, cs, w_hh, d_out, d_h, d_c, spec):
