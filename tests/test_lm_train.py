@@ -95,3 +95,11 @@ def test_classic_lstm_baseline_flag(tmp_path, corpus):
     sd = torch.load(checkpoints(run)[-1] / "model.pt")
     assert "rnn.weight_ih_l0" in sd and "rnn.bias_ih_l0" in sd and "rnn.bias_hh_l0" in sd  # torch.nn.LSTM's names
     assert sd["rnn.weight_ih_l0"].shape == (4 * 24, 16)
+
+
+def test_gradient_accumulation_splits_the_rows_into_micro_batches(tmp_path, corpus):
+    run = tmp_path / "run"
+    summary = run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--train.grad_accum", "2", "--train.steps", "2"))
+    assert summary["units_seen"] == 2 * 4 * 8
+    carry = torch.load(checkpoints(run)[-1] / "rank000.pt", weights_only=False)["task"]["carry"]
+    assert len(carry) == 2 and carry[0][0].shape == (1, 2, 24)  # (layers, rows per micro-batch, hidden)

@@ -157,3 +157,14 @@ def test_checkpoint_from_an_incompatible_config_is_refused(tmp_path, corpus):
     # resume_safe fields may change: more steps continue the same run
     summary = run_inproc(args(tmp_path, corpus, "run", "--train.steps", "4", "--resume"))
     assert summary["step"] == 4
+
+
+def test_resume_from_an_explicit_checkpoint_and_a_corrupt_one(tmp_path, corpus):
+    run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6"))
+    four = tmp_path / "run" / "checkpoints" / "step-00000004"
+    summary = run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6", "--run.resume_from", str(four)))
+    assert summary["step"] == 6 and "resumed from " + str(four) in (tmp_path / "run" / "train.log").read_text()
+    (four / "trainer.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"--run.resume_from: checkpoint .*step-00000004: file trainer.pt is "
+                                          r"truncated"):
+        run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6", "--run.resume_from", str(four)))
