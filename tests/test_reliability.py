@@ -111,6 +111,7 @@ def test_sigterm_from_outside_saves_a_checkpoint_then_exits(tmp_path, corpus):
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 90
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]  # died before training started
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
