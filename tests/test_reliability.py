@@ -169,3 +169,13 @@ def test_resume_from_an_explicit_checkpoint_and_a_corrupt_one(tmp_path, corpus):
     with pytest.raises(ConfigError, match=r"--run.resume_from: checkpoint .*step-00000004: file trainer.pt is "
                                           r"truncated"):
         run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6", "--run.resume_from", str(four)))
+
+
+def test_an_unexpected_crash_is_recorded_and_the_checkpoints_stay_usable(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("URLSTM_FAULTS", "error@5")
+    with pytest.raises(RuntimeError, match="injected fault: error@5"):
+        run_inproc(args(tmp_path, corpus, "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed: RuntimeError" and summary["step"] == 5
+    monkeypatch.delenv("URLSTM_FAULTS")
+    assert run_inproc(args(tmp_path, corpus, "run", "--resume"))["status"] == "completed"

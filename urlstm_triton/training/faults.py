@@ -5,7 +5,8 @@ Set ``URLSTM_FAULTS`` to a comma-separated list of ``kind@step``:
 - ``nan_loss@N``: the loss of step N becomes NaN (exercises the non-finite guard);
 - ``kill@N``: SIGKILL this process after the optimiser step of step N (before any checkpoint of that step);
 - ``kill_in_save@N``: SIGKILL half-way through writing the checkpoint of step N (after its first file);
-- ``sigterm@N`` / ``sigint@N``: send that signal to this process after step N (graceful-stop path).
+- ``sigterm@N`` / ``sigint@N``: send that signal to this process after step N (graceful-stop path);
+- ``error@N``: raise ``RuntimeError`` after step N (an unexpected crash, e.g. out of memory).
 
 Only the main process (rank 0) is affected unless the entry is suffixed ``:all`` (``kill@5:all``). The variable
 is read once, when a ``Faults`` is made; it is not part of the config, so a resumed run without it is clean.
@@ -17,7 +18,7 @@ import signal
 from typing import Dict, Set
 
 ENV = "URLSTM_FAULTS"
-KINDS = ("nan_loss", "kill", "kill_in_save", "sigterm", "sigint")
+KINDS = ("nan_loss", "kill", "kill_in_save", "sigterm", "sigint", "error")
 
 
 class Faults:
@@ -42,6 +43,8 @@ class Faults:
             os.kill(os.getpid(), signal.SIGTERM)
         if step in self.at["sigint"]:
             os.kill(os.getpid(), signal.SIGINT)
+        if step in self.at["error"]:
+            raise RuntimeError(f"injected fault: error@{step}")
 
     def save_hook(self, step: int):
         if step not in self.at["kill_in_save"]:

@@ -203,7 +203,7 @@ class Trainer:
             acc.init_trackers("tb", config=session.tracker_config())
         bar = tqdm(total=tcfg.steps, initial=self.step, disable=not (main and cfg.run.progress),
                    dynamic_ncols=True, desc=session.job)
-        status = "completed"
+        status = "failed"  # until proven otherwise: an unexpected exception leaves this in the summary
         evals: Dict[str, Dict[str, float]] = {}
         t0 = time.perf_counter()
         seg_units = 0
@@ -241,8 +241,13 @@ class Trainer:
                 for split in self.task.eval_splits:
                     evals[split] = self.evaluate(split)
                     self._log_eval(split, evals[split], self.step, metrics)
+                status = "completed"
         except NonFiniteError:
             status = "stopped: non-finite"
+            raise
+        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+            if status == "failed":
+                status = f"failed: {type(e).__name__}"
             raise
         finally:
             bar.close()
