@@ -255,3 +255,24 @@ def test_wide_steps_take_the_sigmoid_tanh_and_match_autograd(code):
     got32 = _grads(reference_recurrence, code, x.float(), h0.float(), c0.float(), [t.float() for t in w])
     for a, b in zip(got32, ref):
         assert ((a.double() - b).abs().max() / b.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("code", ["UR", "lstm", "OM"])
+def test_empty_sequence_or_batch(code):
+    """T=0 gives back the initial state (zero weight gradients, identity for h0 and c0); B=0 runs too."""
+    spec = parse_gate(code)
+    w = [t.requires_grad_() for t in _rand_weights(code, 4, 5)]
+    h0 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    out, h, c = reference_recurrence(torch.zeros(0, 3, 4, dtype=torch.float64), *w, h0, c0, spec)
+    assert out.shape == (0, 3, 5)
+    torch.testing.assert_close(h, h0.detach())
+    torch.testing.assert_close(c, c0.detach())
+    grads = torch.autograd.grad(h.sum() + c.sum(), [*w, h0, c0])
+    assert all((g == 0).all() for g in grads[:3]) and all((g == 1).all() for g in grads[3:])
+    empty = torch.zeros(0, 5, dtype=torch.float64)
+    x = torch.randn(4, 0, 4, dtype=torch.float64, requires_grad=True)
+    out, h, c = reference_recurrence(x, *w, empty, empty, spec)
+    assert out.shape == (4, 0, 5) and h.shape == c.shape == (0, 5)
+    grads = torch.autograd.grad(out.sum(), [x, *w])
+    assert grads[0].shape == x.shape and all((g == 0).all() for g in grads[1:])

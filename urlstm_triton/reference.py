@@ -304,7 +304,7 @@ def _forward_loop(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, spec: Gat
                 torch.add(x_steps[t], rec(h_steps[t]), out=a)
             else:  # half precision: z in the compute dtype, as the GEMM gives it; gate math in float32
                 a.copy_(x_steps[t] + rec(h_steps[t]))
-            blocks = a.view(batch, -1, hidden).unbind(1)
+            blocks = a.view(batch, spec.num_gates, hidden).unbind(1)
             _elementwise_step_(blocks, c_steps[t], spec, c_steps[t + 1], tc_steps[t], h_steps[t + 1])
         return hs, cs, (gates, tanh_c)
     zs, z_steps = step_buffers((batch, width), dtype)
@@ -360,9 +360,9 @@ def _elementwise_backward(gates, tanh_c, hs, cs, w_hh, d_out, d_h, d_c, spec):
     cell_dtype = cs.dtype
     back = _right_matmul(w_hh.to(hs.dtype).t().contiguous(), batch)  # dz -> dz U
     dzs = hs.new_zeros(gates.shape)  # compute dtype, as the GEMMs take it; zeros: see forward
-    gates4, dz4 = gates.view(steps, batch, -1, hidden), dzs.view(steps, batch, -1, hidden)
+    gates4, dz4 = gates.view(steps, batch, spec.num_gates, hidden), dzs.view(steps, batch, spec.num_gates, hidden)
     dh, dc = d_h.to(cell_dtype), d_c.to(cell_dtype)
-    block = max(1, FACTOR_BLOCK_ELEMS // max(1, gates[0].numel()))
+    block = max(1, FACTOR_BLOCK_ELEMS // max(1, batch * gates.shape[-1]))
     for stop in range(steps, 0, -block):
         start = max(0, stop - block)
         k, dc_from_dh, carry = _elementwise_factors(gates4[start:stop], cs[start:stop], tanh_c[start:stop], spec)
