@@ -98,8 +98,8 @@ ONEDNN_MIN_MACS = 1 << 20
 
 def _onednn_pays(macs: int, *tensors: Tensor) -> bool:
     """oneDNN's linear for float32 CPU tensors and a GEMM of at least ``ONEDNN_MIN_MACS``."""
-    return (macs >= ONEDNN_MIN_MACS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and torch.backends.mkldnn.is_available())
+    return (macs >= ONEDNN_MIN_MACS and torch.backends.mkldnn.is_available()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
 def _right_matmul(weight: Tensor, batch: int):
@@ -222,7 +222,7 @@ def _elementwise_step_(blocks, c_prev: Tensor, spec: GateSpec, c_out: Tensor, tc
 
 
 def _elementwise_factors(gates: Tensor, c_prev: Tensor, tanh_c: Tensor, spec: GateSpec):
-    """Local derivatives of every step at once, from the saved activations (``T, B, G, H``, ``T, B, H``).
+    """Local derivatives of a block of steps at once, from saved activations (``K, B, G, H``, ``K, B, H``).
 
     The step backward is linear in the incoming ``(dh, dc)``::
 
@@ -231,7 +231,7 @@ def _elementwise_factors(gates: Tensor, c_prev: Tensor, tanh_c: Tensor, spec: Ga
         dz_k   = dc * k_k                   for every other gate block k
         dc_prev = dc * carry                (the effective forget gate)
 
-    so the factors ``k`` (``T, B, G, H``, with ``dz_o``'s factor in the last block), ``o (1 - tanh(c)^2)``
+    so the factors ``k`` (``K, B, G, H``, with ``dz_o``'s factor in the last block), ``o (1 - tanh(c)^2)``
     and ``carry`` are computed here as a few large vectorised ops, leaving the time loop with five small
     ones. Formulas (DESIGN.md, "Backward of one step")::
 
@@ -360,12 +360,14 @@ def _elementwise_backward(gates, tanh_c, hs, cs, w_hh, d_out, d_h, d_c, spec):
     cell_dtype = cs.dtype
     back = _right_matmul(w_hh.to(hs.dtype).t().contiguous(), batch)  # dz -> dz U
     dzs = hs.new_zeros(gates.shape)  # compute dtype, as the GEMMs take it; zeros: see forward
-    gates4, dz4 = gates.view(steps, batch, spec.num_gates, hidden), dzs.view(steps, batch, spec.num_gates, hidden)
+    gates4 = gates.view(steps, batch, spec.num_gates, hidden)
+    dz4 = dzs.view(steps, batch, spec.num_gates, hidden)
     dh, dc = d_h.to(cell_dtype), d_c.to(cell_dtype)
     block = max(1, FACTOR_BLOCK_ELEMS // max(1, batch * gates.shape[-1]))
     for stop in range(steps, 0, -block):
         start = max(0, stop - block)
-        k, dc_from_dh, carry = _elementwise_factors(gates4[start:stop], cs[start:stop], tanh_c[start:stop], spec)
+        k, dc_from_dh, carry = _elementwise_factors(gates4[start:stop], cs[start:stop], tanh_c[start:stop],
+                                                    spec)
         dz = dz4[start:stop]
         views = zip(d_out[start:stop].unbind(0), dzs[start:stop].unbind(0), dz[:, :, :-1].unbind(0),
                     dz[:, :, -1].unbind(0), k[:, :, :-1].unbind(0), k[:, :, -1].unbind(0),
