@@ -289,23 +289,24 @@ def _forward_loop(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, spec: Gat
     c_steps = cs.unbind(0) if save else [cs[0]] * (steps + 1)  # an elementwise op may write onto its input
 
     def step_buffers(shape, buffer_dtype):
-        """A (T, ...) buffer and its per-step views, or one step's buffer repeated when nothing is saved."""
-        if save:
-            buffer = xproj.new_zeros(steps, *shape, dtype=buffer_dtype)
-            return buffer, buffer.unbind(0)
-        return None, [xproj.new_zeros(*shape, dtype=buffer_dtype)] * steps
+        """A buffer of T steps and its per-step views; when nothing is saved, a buffer of one step whose
+        view is repeated for every step."""
+        buffer = xproj.new_zeros(steps if save else 1, *shape, dtype=buffer_dtype)
+        return buffer, buffer.unbind(0) * (1 if save else steps)
 
     if spec.elementwise:
         gates, gate_steps = step_buffers((batch, width), cell_dtype)  # pre-activations, activated in place
         tanh_c, tc_steps = step_buffers((batch, hidden), cell_dtype)
+        # each step's G gate blocks as (B, H) views, made in G + 1 calls rather than two per step
+        gate_blocks = gates.view(gates.shape[0], batch, spec.num_gates, hidden).unbind(2)
+        block_steps = list(zip(*(b.unbind(0) for b in gate_blocks))) * (1 if save else steps)
         for t in range(steps):
             a = gate_steps[t]
             if dtype == cell_dtype:
                 torch.add(x_steps[t], rec(h_steps[t]), out=a)
             else:  # half precision: z in the compute dtype, as the GEMM gives it; gate math in float32
                 a.copy_(x_steps[t] + rec(h_steps[t]))
-            blocks = a.view(batch, spec.num_gates, hidden).unbind(1)
-            _elementwise_step_(blocks, c_steps[t], spec, c_steps[t + 1], tc_steps[t], h_steps[t + 1])
+            _elementwise_step_(block_steps[t], c_steps[t], spec, c_steps[t + 1], tc_steps[t], h_steps[t + 1])
         return hs, cs, (gates, tanh_c)
     zs, z_steps = step_buffers((batch, width), dtype)
     for t in range(steps):
