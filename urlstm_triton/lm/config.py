@@ -12,6 +12,7 @@ from typing import List
 
 from ..gates import parse_gate
 from ..training.config import ConfigError, opt
+from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options
 from ..training.sections import RunConfig, TrainConfig
 
 
@@ -21,6 +22,8 @@ class ModelConfig:
                    choices=("urlstm", "lstm"))
     gate: str = opt("UR", "URLSTM gate variant (UR, U-, -R, --, C-, OM, lstm, ...)")
     backend: str = opt("auto", "URLSTM backend", choices=("auto", "reference", "triton"), resume_safe=True)
+    chunk_size: str = opt("none", CHUNK_HELP, resume_safe=True)
+    kernel: str = opt("auto", KERNEL_HELP, choices=KERNELS, resume_safe=True)
     embed: int = opt(256, "embedding size (also the decoder's input size: weights are tied)")
     hidden: int = opt(512, "hidden units per recurrent layer")
     layers: int = opt(1, "recurrent layers")
@@ -37,6 +40,7 @@ class ModelConfig:
             parse_gate(self.gate)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model.gate: {e}") from None
+        layer_backend_options(self.backend, self.chunk_size, self.kernel)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layer import URLSTM
+from ..training.layer_options import layer_backend_options
 from ..gates import parse_gate
 
 State = Tuple[Tensor, Tensor]
@@ -21,7 +22,7 @@ State = Tuple[Tensor, Tensor]
 class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int = 1, dropout: float = 0.0,
                  rnn: str = "urlstm", gate: str = "UR", backend: str = "auto", tie_weights: bool = True,
-                 chrono_tmax: Optional[float] = None):
+                 chrono_tmax: Optional[float] = None, **backend_options):
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embed)
@@ -30,7 +31,8 @@ class LanguageModel(nn.Module):
         if rnn == "urlstm":
             spec = parse_gate(gate)
             tmax = chrono_tmax if (spec.primary == "C" and not spec.classic) else None
-            self.rnn = URLSTM(embed, hidden, layers, dropout=inner, gate=gate, backend=backend, chrono_tmax=tmax)
+            self.rnn = URLSTM(embed, hidden, layers, dropout=inner, gate=gate, backend=backend, chrono_tmax=tmax,
+                              **backend_options)
         elif rnn == "lstm":
             self.rnn = nn.LSTM(embed, hidden, layers, dropout=inner)
         else:
@@ -55,5 +57,6 @@ class LanguageModel(nn.Module):
 
 def build_model(model_cfg, vocab_size: int, bptt: int) -> LanguageModel:
     m = model_cfg
+    options = layer_backend_options(m.backend, m.chunk_size, m.kernel) if m.rnn == "urlstm" else {}
     return LanguageModel(vocab_size, m.embed, m.hidden, m.layers, m.dropout, m.rnn, m.gate, m.backend,
-                         m.tie_weights, chrono_tmax=float(max(bptt, 3)))
+                         m.tie_weights, chrono_tmax=float(max(bptt, 3)), **options)

@@ -13,6 +13,7 @@ from typing import Optional
 from ..functional import BACKENDS
 from ..gates import ALL_VARIANTS
 from ..training.config import ConfigError, opt
+from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options
 from ..training.sections import RunConfig, TrainConfig
 from .models import READOUTS, check_variant
 from .synthetic import SYNTHETIC_TASKS
@@ -28,6 +29,8 @@ class ModelConfig:
     hidden: int = opt(256, "hidden units of the recurrent layer")
     layers: int = opt(1, "recurrent layers")
     backend: str = opt("auto", "recurrence backend of the URLSTM variants", choices=BACKENDS, resume_safe=True)
+    chunk_size: str = opt("none", CHUNK_HELP, resume_safe=True)
+    kernel: str = opt("auto", KERNEL_HELP, choices=KERNELS, resume_safe=True)
     forget_bias: Optional[float] = opt(None, "forget-gate bias of the standard init ('-' variants) and of lstm "
                                              "(default: 1 for '-', PyTorch's init for lstm)")
     chrono_tmax: Optional[float] = opt(None, "T_max of chrono init (C variants); default: the sequence length")
@@ -40,6 +43,7 @@ class ModelConfig:
         for name in ("hidden", "layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        layer_backend_options(self.backend, self.chunk_size, self.kernel)
         if self.chrono_tmax is not None and not self.chrono_tmax > 2:
             raise ConfigError(f"model.chrono_tmax must be greater than 2, got {self.chrono_tmax}")
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..training import RunSession, Task, Trainer, parse_config
 from .config import SYNTHETIC_PRESETS, SyntheticJobConfig
+from ..training.layer_options import layer_backend_options
 from .models import AddingModel, CopyModel, make_recurrent
 from .run_summary import complete_summary
 from .synthetic import COPY_VOCAB, AddingTask, CopyTask, SyntheticTask, make_synthetic_task
@@ -26,7 +27,8 @@ def build_task(cfg: SyntheticJobConfig) -> SyntheticTask:
 def build_model(cfg: SyntheticJobConfig, task: SyntheticTask) -> torch.nn.Module:
     m = cfg.model
     rnn = make_recurrent(m.variant, task.input_size, m.hidden, num_layers=m.layers, backend=m.backend,
-                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(task.seq_len))
+                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(task.seq_len),
+                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
     if isinstance(task, CopyTask):
         return CopyModel(rnn, m.hidden, COPY_VOCAB, task.output_slice)
     return AddingModel(rnn, m.hidden)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..training import ConfigError, RunSession, Task, Trainer, parse_config
 from ..training.checkpoint import write_json_atomic
 from .config import VISION_PRESETS, VisionJobConfig
+from ..training.layer_options import layer_backend_options
 from .models import SequenceClassifier, make_recurrent
 from .run_summary import complete_summary
 from .synthetic import batch_generator
@@ -56,7 +57,8 @@ def save_permutation(run_dir: Path, perm: torch.Tensor, seed: int, resuming: boo
 def build_model(cfg: VisionJobConfig, seq_len: int, channels: int) -> torch.nn.Module:
     m, d = cfg.model, cfg.data
     rnn = make_recurrent(m.variant, channels, m.hidden, num_layers=m.layers, backend=m.backend,
-                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(seq_len))
+                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(seq_len),
+                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
     return SequenceClassifier(rnn, m.hidden, seq_len, readout=d.readout, mlp_hidden=d.mlp_hidden)
 
 
