@@ -91,3 +91,76 @@ def sigmoid(x):
 def tanh(x):
     # No tl.tanh in triton 3.6 and no libdevice in the interpreter: tanh(x) = 2 sigmoid(2x) - 1.
     return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def cell_forward(z0, z1, z2, z3, c_prev, MODE: tl.constexpr):
+    """(h_t, c_t, activated gates a0..a3 in gate-block order) of one tile; z3/a3 unused in MODE_TIED.
+
+    The one place the kernels hold the cell's forward math: the step and persistent kernels both call it."""
+    if MODE == 2:  # i, f, g, o (nn.LSTM)
+        a0 = sigmoid(z0)
+        a1 = sigmoid(z1)
+        a2 = tanh(z2)
+        a3 = sigmoid(z3)
+        c = a1 * c_prev + a0 * a2
+        o = a3
+    elif MODE == 1:  # f, r, u, o;  g = f^2 + 2 r f (1 - f)
+        a0 = sigmoid(z0)
+        a1 = sigmoid(z1)
+        a2 = tanh(z2)
+        a3 = sigmoid(z3)
+        g = a0 * a0 + 2.0 * a1 * a0 * (1.0 - a0)
+        c = g * c_prev + (1.0 - g) * a2
+        o = a3
+    else:  # f, u, o
+        a0 = sigmoid(z0)
+        a1 = tanh(z1)
+        a2 = sigmoid(z2)
+        a3 = a2
+        c = a0 * c_prev + (1.0 - a0) * a1
+        o = a2
+    return o * tanh(c), c, a0, a1, a2, a3
+
+
+@triton.jit
+def cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE: tl.constexpr):
+    """(dz0..dz3, dc_{t-1}) of one tile from the activated gates, dL/dh_t (all paths) and dL/dc_t (from
+    step t+1). Formulas: ``kernels/recurrence_bwd.py``'s docstring and DESIGN.md. The one place the kernels
+    hold the gate derivatives: the step and persistent kernels both call it."""
+    tc = tanh(c)
+    if MODE == 2:
+        i = a0
+        f = a1
+        gg = a2
+        o = a3
+        d3 = dh * tc * o * (1.0 - o)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        d0 = dc * gg * i * (1.0 - i)
+        d1 = dc * c_prev * f * (1.0 - f)
+        d2 = dc * i * (1.0 - gg * gg)
+        dc_prev = dc * f
+    elif MODE == 1:
+        f = a0
+        r = a1
+        u = a2
+        o = a3
+        g = f * f + 2.0 * r * f * (1.0 - f)
+        d3 = dh * tc * o * (1.0 - o)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        dg = dc * (c_prev - u)
+        d0 = dg * (2.0 * r + 2.0 * (1.0 - 2.0 * r) * f) * f * (1.0 - f)
+        d1 = dg * 2.0 * f * (1.0 - f) * r * (1.0 - r)
+        d2 = dc * (1.0 - g) * (1.0 - u * u)
+        dc_prev = dc * g
+    else:
+        f = a0
+        u = a1
+        o = a2
+        d2 = dh * tc * o * (1.0 - o)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        d0 = dc * (c_prev - u) * f * (1.0 - f)
+        d1 = dc * (1.0 - f) * (1.0 - u * u)
+        d3 = d2
+        dc_prev = dc * f
+    return d0, d1, d2, d3, dc_prev

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TileConfig, dot_precision, num_gates, tanh
+from .common import TileConfig, cell_backward, dot_precision, num_gates
 
 
 @triton.jit
@@ -77,41 +77,10 @@ def _bwd_step_kernel(
     c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
     c = tl.load(cs_ptr + (t64 + 1) * bh + hc, mask=m2, other=0.0)
     dc = tl.load(dc_ptr + hc, mask=m2, other=0.0)
-    tc = tanh(c)
-    if MODE == 0:
-        o = a2
-    else:
-        o = tl.load(gp + 3 * H, mask=m2, other=0.0)
-    dz_o = dh * tc * o * (1.0 - o)
-    dc += dh * o * (1.0 - tc * tc)
-    if MODE == 0:  # f, u, o
-        f = a0
-        u = a1
-        dz0 = dc * (c_prev - u) * f * (1.0 - f)
-        dz1 = dc * (1.0 - f) * (1.0 - u * u)
-        dz2 = dz_o
-        dz3 = dz_o  # unused
-        dc_prev = dc * f
-    elif MODE == 1:  # f, r, u, o
-        f = a0
-        r = a1
-        u = a2
-        g = f * f + 2.0 * r * f * (1.0 - f)
-        dg = dc * (c_prev - u)
-        dz0 = dg * (2.0 * r + 2.0 * (1.0 - 2.0 * r) * f) * f * (1.0 - f)
-        dz1 = dg * 2.0 * f * (1.0 - f) * r * (1.0 - r)
-        dz2 = dc * (1.0 - g) * (1.0 - u * u)
-        dz3 = dz_o
-        dc_prev = dc * g
-    else:  # i, f, g, o
-        i = a0
-        f = a1
-        gg = a2
-        dz0 = dc * gg * i * (1.0 - i)
-        dz1 = dc * c_prev * f * (1.0 - f)
-        dz2 = dc * i * (1.0 - gg * gg)
-        dz3 = dz_o
-        dc_prev = dc * f
+    a3 = a2  # unused in the tied mode (three gate blocks)
+    if G == 4:
+        a3 = tl.load(gp + 3 * H, mask=m2, other=0.0)
+    dz0, dz1, dz2, dz3, dc_prev = cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
     tl.store(dc_ptr + hc, dc_prev, mask=m2)
     dzp = dz_ptr + t64 * B * gh + row
     ty = dz_ptr.dtype.element_ty

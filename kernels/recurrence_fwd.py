@@ -14,8 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, dot_precision, num_gates, sigmoid,
-                     tanh)
+from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, cell_forward, dot_precision, num_gates
 
 
 @triton.jit
@@ -64,30 +63,10 @@ def _fwd_step_kernel(
     z2 = acc2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
     hc = rb[:, None] * H + rh[None, :]
     c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
-    if MODE == 0:  # f, u, o
-        a0 = sigmoid(z0)
-        a1 = tanh(z1)
-        a2 = sigmoid(z2)
-        a3 = a2  # unused
-        c = a0 * c_prev + (1.0 - a0) * a1
-        o = a2
-    else:
+    z3 = z2  # unused in the tied mode (three gate blocks)
+    if G == 4:
         z3 = acc3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
-        if MODE == 1:  # f, r, u, o
-            a0 = sigmoid(z0)
-            a1 = sigmoid(z1)
-            a2 = tanh(z2)
-            a3 = sigmoid(z3)
-            g = a0 * a0 + 2.0 * a1 * a0 * (1.0 - a0)
-            c = g * c_prev + (1.0 - g) * a2
-        else:  # i, f, g, o (nn.LSTM)
-            a0 = sigmoid(z0)
-            a1 = sigmoid(z1)
-            a2 = tanh(z2)
-            a3 = sigmoid(z3)
-            c = a1 * c_prev + a0 * a2
-        o = a3
-    h = o * tanh(c)
+    h, c, a0, a1, a2, a3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
     tl.store(cs_ptr + (t64 + 1) * bh + hc, c, mask=m2)
     tl.store(hs_ptr + (t64 + 1) * bh + hc, h.to(hs_ptr.dtype.element_ty), mask=m2)
     if SAVE_GATES:
