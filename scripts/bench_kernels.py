@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from urlstm_triton import URLSTM
-from urlstm_triton.gates import parse_gate
 from urlstm_triton.reference import naive_recurrence
 
 CONFIGS = {  # DESIGN.md: measured anchors (T, B, I, H)

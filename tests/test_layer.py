@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from formulas import logit, run_layer
+from formulas import logit
 from urlstm_triton import ALL_VARIANTS, URLSTM, URLSTMCell, parse_gate
 
 

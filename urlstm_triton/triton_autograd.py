@@ -97,7 +97,7 @@ class ChunkedRecurrence(torch.autograd.Function):
         h0_dtype, c0_dtype = ctx.dtypes
         steps, batch, in_size = x.shape
         gh, hidden = w_hh.shape
-        dev, dtype, f32 = x.device, x.dtype, torch.float32
+        dev, f32 = x.device, torch.float32
         d_out = _grad_or_zeros(d_out, x.new_empty(steps, batch, hidden))
         dc = _grad_or_zeros(d_c, c_bound[0], f32).clone()
         dh_last = _grad_or_zeros(d_h, c_bound[0], f32)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +24,7 @@ from ..training.layer_options import layer_backend_options
 from .models import SequenceClassifier, make_recurrent
 from .run_summary import complete_summary
 from .synthetic import batch_generator
-from .vision import ImageSet, PixelSequences, fixed_permutation, load_vision_data, vision_task
+from .vision import PixelSequences, fixed_permutation, load_vision_data, vision_task
 
 EVAL_SPLIT = "test"
 PAPER_ACCURACY = {"smnist": 0.9928, "pmnist": 0.9696, "scifar": 0.7100}  # UR-LSTM, Gu et al. 2020, full data
