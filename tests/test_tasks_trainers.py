@@ -92,7 +92,8 @@ def test_vision_run_saves_the_permutation_and_resumes_exactly(tmp_path):
     full = _vision(tmp_path, "full", data, *common, "--steps", "5", "--run.tensorboard", "true")
     assert full["train_images"] == 32 and full["test_images"] == 8 and full["variant"] == "lstm"
     assert full["final"]["accuracy"] == full["best"]["accuracy"]["value"] or full["best"]["accuracy"]["step"] < 5
-    assert list((tmp_path / "full" / "tb").rglob("events.out.tfevents*"))
+    n_events = len(list((tmp_path / "full" / "tb").rglob("events.out.tfevents*")))
+    assert n_events
     perm = json.loads((tmp_path / "full" / "permutation.json").read_text())
     assert perm["seed"] == 3 and sorted(perm["permutation"]) == list(range(784))
     assert perm["permutation"] == vision_job.fixed_permutation(784, 3).tolist()
@@ -107,6 +108,9 @@ def test_vision_run_saves_the_permutation_and_resumes_exactly(tmp_path):
     _vision(tmp_path, "cut", data, *other, "--steps", "1", "--run.overwrite", "true")
     perm4 = json.loads((tmp_path / "cut" / "permutation.json").read_text())
     assert perm4["seed"] == 4 and perm4["permutation"] == vision_job.fixed_permutation(784, 4).tolist()
+    # starting over also drops the old run's TensorBoard events, which would be drawn into the new curves
+    _vision(tmp_path, "full", data, *common, "--steps", "1", "--run.tensorboard", "true", "--run.overwrite", "true")
+    assert len(list((tmp_path / "full" / "tb").rglob("events.out.tfevents*"))) == n_events
 
 
 def test_vision_epochs_set_the_step_count(tmp_path):

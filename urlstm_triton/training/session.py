@@ -96,6 +96,8 @@ class RunSession:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 shutil.rmtree(ckpt_dir)
+                # the old run's TensorBoard events would otherwise be drawn as part of the new run's curves
+                shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
                 for name in ("metrics.jsonl", "summary.json"):
                     (self.run_dir / name).unlink(missing_ok=True)
         if acc.is_main_process:
