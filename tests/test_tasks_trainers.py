@@ -159,3 +159,17 @@ def test_vision_scifar_from_npz(tmp_path):
     s = _vision(tmp_path, "c", tmp_path / "cifar.npz", "--task", "scifar", "--variant", "lstm", "--steps", "2")
     assert s["task"] == "scifar" and s["seq_len"] == 1024 and (s["train_images"], s["test_images"]) == (12, 4)
     assert s["paper_ur_lstm_accuracy"] == 0.71 and (tmp_path / "c" / "checkpoints" / "step-00000002").is_dir()
+
+
+def test_a_run_stopped_by_the_nonfinite_guard_still_says_what_it_was(tmp_path, monkeypatch):
+    """The summary of a stopped run carries the task fields, so scripts/compare.py can list it."""
+    from urlstm_triton.tasks.compare import load_run
+    from urlstm_triton.training import NonFiniteError
+
+    monkeypatch.setenv("URLSTM_FAULTS", "nan_loss@2")
+    with pytest.raises(NonFiniteError):
+        _synthetic(tmp_path, "nan", "--name", "adding", "--length", "6", "--hidden", "4", "--batch_size", "2",
+                   "--eval_size", "2", "--steps", "4", "--save_every", "1", "--variant", "U-")
+    run = load_run(tmp_path / "nan" / "summary.json")
+    assert run["status"] == "stopped: non-finite" and run["task"] == "adding" and run["variant"] == "U-"
+    assert run["step"] == 1 and run["final"] == {}

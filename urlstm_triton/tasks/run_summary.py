@@ -5,6 +5,7 @@ and best evaluation metrics (best over every periodic evaluation in ``metrics.js
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -37,14 +38,20 @@ def best_metrics(history: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     return best
 
 
-def complete_summary(summary: Dict[str, Any], run_dir, split: str, extra: Dict[str, Any]) -> Dict[str, Any]:
-    """Add the final/best metrics of ``split`` and ``extra`` (task, variant, chance...) and rewrite the file."""
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    history = eval_history(rows, split)
+def complete_summary(run_dir, split: str, extra: Dict[str, Any]) -> Dict[str, Any]:
+    """Add the final/best metrics of ``split`` and ``extra`` (task, variant, chance...) to the ``summary.json``
+    the trainer wrote, and rewrite it. Called whether the run completed or not (a run stopped by the
+    non-finite guard, interrupted or failed still says what it was), so it reads the summary from disk.
+    ``extra`` values may be callables of the summary (e.g. epochs from the steps reached)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():  # the run failed before training started: nothing to complete
+        return {}
+    summary = json.loads(path.read_text())
+    history = eval_history(read_metrics(Path(run_dir) / "metrics.jsonl"), split)
     out = dict(summary)
-    out.update(extra)
+    out.update({k: (v(summary) if callable(v) else v) for k, v in extra.items()})
     out["eval_split"] = split
     out["final"] = summary.get("eval", {}).get(split, {})
     out["best"] = best_metrics(history)
-    write_summary(Path(run_dir) / "summary.json", out)
+    write_summary(path, out)
     return out

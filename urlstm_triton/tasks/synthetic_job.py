@@ -90,12 +90,14 @@ def run(cfg: SyntheticJobConfig) -> Dict[str, Any]:
     session = RunSession(cfg, job=f"synthetic-{cfg.task.name}")
     task = build_task(cfg)
     model = build_model(cfg, task)
-    summary = Trainer(session, model, SyntheticTrainTask(task, session)).fit()
     extra = {"task": cfg.task.name, "variant": cfg.model.variant, "chance": task.chance,
              "seq_len": task.seq_len, "params": sum(p.numel() for p in model.parameters()),
              "device": str(session.accelerator.device)}
-    if session.is_main:
-        summary = complete_summary(summary, session.run_dir, EVAL_SPLIT, extra)
+    try:
+        summary = Trainer(session, model, SyntheticTrainTask(task, session)).fit()
+    finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
+        if session.is_main:
+            summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
     return summary
 
 

@@ -134,15 +134,18 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     spec, _ = vision_task(cfg.data.task)
     model = build_model(cfg, spec.seq_len, spec.channels)
     task = VisionTrainTask(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
-    summary = Trainer(session, model, task).fit()
+    images_per_step = cfg.data.batch_size * session.accelerator.num_processes
     extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
              "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
              "test_images": len(test_set),
-             "epochs": summary["step"] * cfg.data.batch_size * session.accelerator.num_processes / len(train_set),
+             "epochs": lambda summary: summary["step"] * images_per_step / len(train_set),
              "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
              "device": str(session.accelerator.device)}
-    if session.is_main:
-        summary = complete_summary(summary, session.run_dir, EVAL_SPLIT, extra)
+    try:
+        summary = Trainer(session, model, task).fit()
+    finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
+        if session.is_main:
+            summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
     return summary
 
 
