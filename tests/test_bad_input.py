@@ -45,8 +45,9 @@ def test_forward_errors():
         m(torch.randn(5, 2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="same device.*state h_0 on meta"):
         m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4, device="meta"), torch.zeros(2, 2, 4)))
-    with pytest.raises(TypeError, match="PackedSequence"):
-        m(torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    with pytest.raises(ValueError, match="state h_0 must have shape"):
+        m(packed, (torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)))
 
 
 def test_functional_weight_errors():

@@ -97,6 +97,57 @@ def _check_weights(weights, spec, num_directions, input_size, hidden_size) -> in
     return len(weights) // num_directions
 
 
+def _check_lengths(lengths, steps: int, batch: int) -> Tensor:
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() != batch or lengths.is_floating_point():
+        raise ValueError(f"lengths must be a 1-D integer tensor of {batch} sequence lengths, got "
+                         f"{tuple(lengths.shape)} {lengths.dtype}")
+    lengths = lengths.to("cpu", torch.int64)
+    if batch and (lengths.min() < 1 or lengths.max() > steps or bool((lengths[1:] > lengths[:-1]).any())):
+        raise ValueError(f"lengths must be sorted in decreasing order and lie in [1, {steps}], got {lengths.tolist()}")
+    return lengths
+
+
+def _reverse_within_lengths(lengths: Tensor, steps: int, device) -> Tensor:
+    """``(T, B)`` time indices that reverse each sequence within its own length and leave the padding in place;
+    the map is its own inverse, so the same index turns the reversed outputs back."""
+    t = torch.arange(steps).unsqueeze(1)
+    index = torch.where(t < lengths.unsqueeze(0), lengths.unsqueeze(0) - 1 - t, t)
+    return index.to(device)
+
+
+def _gather_time(seq: Tensor, index: Tensor) -> Tensor:
+    return seq.gather(0, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+
+
+def _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, bias, h0, c0, spec, options):
+    """Run a batch sorted by decreasing length as segments of constant batch (cuDNN's packed layout): while
+    only the first ``b`` sequences are still running, the backend runs on those ``b`` rows alone, from the
+    state they reached. As many backend calls as distinct lengths, T steps in all; the state of a finished
+    sequence is its state at its own last step."""
+    steps, batch = seq.shape[0], seq.shape[1]
+    hidden = w_hh.shape[1]
+    h, c = h0, c0
+    pieces = []
+    t0 = 0
+    while t0 < steps:
+        active = int((lengths > t0).sum())
+        if active == 0:
+            break
+        t1 = int(lengths[active - 1])  # the shortest running sequence ends here
+        out, h_b, c_b = recurrence(seq[t0:t1, :active], w_ih, w_hh, bias, h[:active], c[:active], spec, **options)
+        if active < batch:
+            out = torch.cat([out, out.new_zeros(t1 - t0, batch - active, hidden)], dim=1)
+        pieces.append(out)
+        h = torch.cat([h_b, h[active:].to(h_b.dtype)], dim=0)
+        c = torch.cat([c_b, c[active:].to(c_b.dtype)], dim=0)
+        t0 = t1
+    if t0 < steps:  # padding past the longest sequence
+        pieces.append(pieces[-1].new_zeros(steps - t0, batch, hidden))
+    return torch.cat(pieces, dim=0), h, c
+
+
 def urlstm(
     input: Tensor,
     weights: Sequence[LayerWeights],
@@ -108,6 +159,7 @@ def urlstm(
     dropout: float = 0.0,
     training: bool = False,
     backend: str = "auto",
+    lengths: Optional[Tensor] = None,
     **backend_options,
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """Run a stacked (bi)directional UR-LSTM with the given weights; conventions of ``torch.nn.LSTM``.
@@ -120,6 +172,9 @@ def urlstm(
         gate: variant name (``"UR"``, ``"U-"``, ``"lstm"`` ...) or a :class:`GateSpec`.
         dropout: probability of dropout on the outputs of every layer but the last, when ``training``.
         backend: ``"auto"``, ``"reference"`` or ``"triton"``.
+        lengths: optional ``(B,)`` sequence lengths of a padded batch, sorted in decreasing order (what a
+            ``PackedSequence`` holds): each sequence stops at its own length (its final state is taken there, the
+            reverse direction starts there, outputs past it are zero). ``URLSTM`` passes it for packed input.
         backend_options: passed to the backend (e.g. kernel choices of the Triton backend).
 
     Returns:
@@ -184,6 +239,11 @@ def urlstm(
                    f"backend options {sorted(backend_options)} tune the Triton kernels; the reference recurrence "
                    f"that runs here (device {x.device.type}, gate {spec.code!r}) ignores them")
         backend_options = {}
+    if lengths is not None:
+        if unbatched:
+            raise ValueError("lengths needs a batched 3-D input (one length per batch row)")
+        lengths = _check_lengths(lengths, x.shape[0], batch)
+        reverse_index = _reverse_within_lengths(lengths, x.shape[0], x.device)
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
@@ -191,9 +251,15 @@ def urlstm(
         for d in range(num_directions):
             k = layer * num_directions + d
             w_ih, w_hh, b = weights[k]
-            seq = layer_input.flip(0) if d == 1 else layer_input
-            out, h_last, c_last = recurrence(seq, w_ih, w_hh, b, h0[k], c0[k], spec, **backend_options)
-            outs.append(out.flip(0) if d == 1 else out)
+            if lengths is None:
+                seq = layer_input.flip(0) if d == 1 else layer_input
+                out, h_last, c_last = recurrence(seq, w_ih, w_hh, b, h0[k], c0[k], spec, **backend_options)
+                outs.append(out.flip(0) if d == 1 else out)
+            else:
+                seq = _gather_time(layer_input, reverse_index) if d == 1 else layer_input
+                out, h_last, c_last = _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, b, h0[k], c0[k],
+                                                         spec, backend_options)
+                outs.append(_gather_time(out, reverse_index) if d == 1 else out)
             h_n.append(h_last)
             c_n.append(c_last.to(h_last.dtype))
         layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)

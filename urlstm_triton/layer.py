@@ -123,24 +123,50 @@ class URLSTM(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``nn.LSTM`` (the weights are already one tensor per gate group)."""
 
-    def forward(self, input: Tensor, state: Optional[Tuple[Tensor, Tensor]] = None):
+    def forward(self, input, state: Optional[Tuple[Tensor, Tensor]] = None):
+        """``input`` ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``), unbatched ``(T, I)``, or a
+        ``PackedSequence`` (then the output is one too, and ``h_n, c_n`` hold each sequence's state at its own
+        last step, in the batch's original order, as ``nn.LSTM`` does)."""
         if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise TypeError(
-                "URLSTM does not take a PackedSequence: pass the padded tensor (nn.utils.rnn.pad_packed_sequence) "
-                "and read each sequence's output at its own length"
-            )
+            return self._forward_packed(input, state)
+        return self._run(input, state)
+
+    def _run(self, input: Tensor, state, lengths: Optional[Tensor] = None, batch_first: Optional[bool] = None):
         return urlstm(
             input,
             self.layer_weights(),
             state,
             gate=self.spec,
             bidirectional=self.bidirectional,
-            batch_first=self.batch_first,
+            batch_first=self.batch_first if batch_first is None else batch_first,
             dropout=self.dropout,
             training=self.training,
             backend=self.backend,
+            lengths=lengths,
             **self.backend_options,
         )
+
+    def _forward_packed(self, packed: nn.utils.rnn.PackedSequence, state):
+        rnn_utils = nn.utils.rnn
+        padded, lengths = rnn_utils.pad_packed_sequence(packed)  # (T, B, I) in the batch's original order
+        batch = padded.shape[1]
+        order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(batch)
+        order = order.to(padded.device)
+        x = padded.index_select(1, order)  # decreasing length, as the packed data stores the batch
+        lens = lengths.index_select(0, order.cpu())
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("state must be a tuple (h_0, c_0) of two tensors")
+            # reorder only a well-shaped state: anything else goes through unchanged, so urlstm's check names it
+            state = tuple(t.index_select(1, order) if isinstance(t, Tensor) and t.dim() == 3 and t.shape[1] == batch
+                          else t for t in state)
+        out, (h_n, c_n) = self._run(x, state, lengths=lens, batch_first=False)
+        data = rnn_utils.pack_padded_sequence(out, lens, enforce_sorted=True)
+        result = rnn_utils.PackedSequence(data.data, data.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        if packed.unsorted_indices is not None:
+            back = packed.unsorted_indices.to(h_n.device)
+            h_n, c_n = h_n.index_select(1, back), c_n.index_select(1, back)
+        return result, (h_n, c_n)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, gate={self.spec.code!r}"
