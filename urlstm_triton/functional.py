@@ -18,6 +18,7 @@ from .gates import GateSpec, parse_gate
 from .reference import reference_recurrence
 
 BACKENDS = ("auto", "reference", "triton")
+KERNELS = ("auto", "step", "persistent")  # kernel families of the Triton backend (its `kernel` option)
 LayerWeights = Tuple[Tensor, Tensor, Optional[Tensor]]
 _warned = set()
 

@@ -35,10 +35,10 @@ from torch import Tensor
 
 from . import kernels as _kernels
 from .chunking import resolve_chunk_size
+from .functional import KERNELS
 from .gates import GateSpec
 from .triton_autograd import ChunkedRecurrence, FusedRecurrence, run_forward
 
-KERNELS = ("auto", "step", "persistent")
 OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config", "cuda_graph")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

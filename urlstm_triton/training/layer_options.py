@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Union
 
+from ..functional import KERNELS
 from .config import ConfigError
 
-KERNELS = ("auto", "step", "persistent")
 CHUNK_HELP = ("Triton backend: kernel chunks for long sequences: none (save every step: fastest), K (save only "
               "every K-th state, recompute in backward), or auto (from free GPU memory)")
 KERNEL_HELP = "Triton backend: kernel family (auto, step: one launch per step, persistent: one launch per chunk)"
