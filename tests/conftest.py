@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"  # small real data sets shipped with the repository (data/README.md)
 
 # Two cores: keep torch from oversubscribing when pytest runs beside other work.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -171,11 +171,11 @@ def test_eval_windows_predict_every_token_once():
 def test_word_count_of_the_wikitext_test_split_matches_the_literature(tmp_path):
     """Word-level perplexity on WikiText is NLL / 245,569 on test and / 217,646 on valid (Merity et al.'s
     counts, end-of-line included); the local files loader must count exactly that."""
-    from conftest import SHARED_DATA
+    from conftest import DATA
 
-    wt2 = SHARED_DATA / "wikitext-2"
+    wt2 = DATA / "wikitext-2"
     if not (wt2 / "test.txt").exists():
-        pytest.skip("../shared/data/wikitext-2 not present")
+        pytest.skip("data/wikitext-2 not present")
     argv = ["--data.source", "files", "--data.files", f"train={wt2 / 'valid.txt'}", f"valid={wt2 / 'valid.txt'}",
             f"test={wt2 / 'test.txt'}", "--run.dir", str(tmp_path)]
     c = load_corpus(parse_config(LMConfig, argv, PRESETS))

@@ -122,11 +122,11 @@ def test_vision_epochs_set_the_step_count(tmp_path):
 
 
 def test_vision_real_mnist_5k_smoke(tmp_path, monkeypatch):
-    from conftest import SHARED_DATA
+    from conftest import DATA
 
-    if not (SHARED_DATA / "mnist-5k" / "mnist_5k.csv.gz").exists():
+    if not (DATA / "mnist-5k" / "mnist_5k.csv.gz").exists():
         pytest.skip("no mnist-5k")
-    # the preset's ../shared/data/... path is found relative to the project root from any working directory
+    # the preset's data/... path is found relative to the project root from any working directory
     monkeypatch.chdir(tmp_path)
     s = vision_job.main(["--preset", "smnist-tiny", "--steps", "2", "--max_test", "50", "--hidden", "4", "--variant", "lstm",
                          "--run.dir", str(tmp_path / "r")] + QUIET)

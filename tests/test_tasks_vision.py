@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import DATA
 from urlstm_triton.tasks.vision import (
     CIFAR10, MNIST, DataError, PixelSequences, fixed_permutation, load_hub, load_vision_data, read_local,
     split_train_test, vision_task,
 )
 
-MNIST_5K = SHARED_DATA / "mnist-5k" / "mnist_5k.csv.gz"
+MNIST_5K = DATA / "mnist-5k" / "mnist_5k.csv.gz"
 
 
 def _images(n, shape, seed=0):
@@ -108,7 +108,7 @@ def test_real_mnist_5k_file():
     if not MNIST_5K.exists():
         pytest.skip(f"{MNIST_5K} is not here")
     # the trainer's default path: relative to the project root
-    train, test = load_vision_data("smnist", "../shared/data/mnist-5k/mnist_5k.csv.gz")
+    train, test = load_vision_data("smnist", "data/mnist-5k/mnist_5k.csv.gz")
     assert (len(train), len(test)) == (4000, 1000)
     assert train.images.shape == (4000, 784, 1) and train.images.max() == 255
     assert set(np.unique(test.labels)) == set(range(10))

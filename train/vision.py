@@ -2,7 +2,7 @@
 permutation), sequential CIFAR-10.
 
     accelerate launch train/vision.py --preset smnist --variant UR          # hub data, the paper's setup
-    python train/vision.py --preset pmnist-5k --variant lstm                # ../shared/data/mnist-5k, 4000/1000
+    python train/vision.py --preset pmnist-5k --variant lstm                # data/mnist-5k, 4000/1000
     python train/vision.py --preset smnist --data mnist.npz                 # a local file (.csv.gz, .npz, .parquet)
     python train/vision.py --help                                           # every option
 

@@ -19,7 +19,7 @@ from .models import READOUTS, check_variant
 from .synthetic import SYNTHETIC_TASKS
 from .vision import VISION_TASKS
 
-MNIST_5K = "../shared/data/mnist-5k/mnist_5k.csv.gz"
+MNIST_5K = "data/mnist-5k/mnist_5k.csv.gz"  # shipped with the repository: data/README.md
 
 
 @dataclass
@@ -143,7 +143,7 @@ VISION_PRESETS = {
                "train": {**_PAPER_TRAIN, "eval_every": 1000, "save_every": 1000}},
     "scifar": {"data": {"task": "scifar", "batch_size": 50, "epochs": 100}, "model": {"hidden": 1024},
                "train": {**_PAPER_TRAIN, "eval_every": 1000, "save_every": 1000}},
-    # the 5,000 real digits of ../shared/data (4,000 train / 1,000 test), paper-sized model
+    # the 5,000 real digits of data/mnist-5k (4,000 train / 1,000 test), paper-sized model
     "smnist-5k": {"data": {"task": "smnist", "data": MNIST_5K, "batch_size": 50, "epochs": 50},
                   "model": {"hidden": 1024}, "train": {**_PAPER_TRAIN, "eval_every": 400, "save_every": 400}},
     "pmnist-5k": {"data": {"task": "pmnist", "data": MNIST_5K, "batch_size": 50, "epochs": 50},

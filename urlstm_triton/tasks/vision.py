@@ -8,7 +8,7 @@ Data comes from the Hugging Face hub through ``datasets`` (``ylecun/mnist``, ``u
 local file, checked in full before training starts (:class:`DataError` names the file and the problem):
 
 - ``.csv`` / ``.csv.gz``: one image per row, its pixel values (0..255) then its label (0..9), no header needed
-  (a non-numeric first line is skipped as a header); the layout of ``../shared/data/mnist-5k/mnist_5k.csv.gz``.
+  (a non-numeric first line is skipped as a header); the layout of ``data/mnist-5k/mnist_5k.csv.gz``.
   MNIST rows hold 784 pixels (row-major), CIFAR-10 rows 3072 (channel planes R, G, B, as CIFAR's own files).
 - ``.npz``: ``x_train, y_train, x_test, y_test`` (Keras layout: both splits) or ``x, y`` / ``images, labels``
   (one set); images ``(N, 28, 28)`` / ``(N, 784)`` for MNIST, ``(N, 32, 32, 3)``, ``(N, 3, 32, 32)`` or
@@ -172,7 +172,7 @@ def to_sequences(pixels: np.ndarray, spec: ImageSpec, source: str, layout: str =
 
 
 def resolve_data_path(path) -> Path:
-    """``path`` as given, else relative to the project root (so ``../shared/data/...`` works from anywhere)."""
+    """``path`` as given, else relative to the project root (so ``data/...`` works from anywhere)."""
     p = Path(os.path.expanduser(str(path)))
     if p.exists() or p.is_absolute():
         if not p.exists():
@@ -334,7 +334,7 @@ def load_hub(spec: ImageSpec, hub_name: Optional[str] = None) -> Tuple[ImageSet,
             f"could not load the {spec.name} data set {name!r} through `datasets` ({type(err).__name__}: {err}). "
             "Without network access, point --data at a local file: a .csv/.csv.gz with "
             f"{spec.values_per_image} pixel values (0..255) then the label on each row (e.g. "
-            "../shared/data/mnist-5k/mnist_5k.csv.gz), an .npz with x_train/y_train/x_test/y_test (or x/y), or a "
+            "data/mnist-5k/mnist_5k.csv.gz), an .npz with x_train/y_train/x_test/y_test (or x/y), or a "
             ".parquet with image+label columns (the hub's own files) or one column per pixel plus 'label'"
         ) from err
     sets = []
