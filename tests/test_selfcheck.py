@@ -164,7 +164,8 @@ def test_corrupt_cache_file_is_ignored_and_rewritten(cache, gpu, check, content)
 
 def test_a_verdict_of_another_format_is_not_trusted(cache, gpu, check):
     key = selfcheck.entry_key(CUDA, MODE_REFINE, BF16)
-    cache.write_text(json.dumps({"format": selfcheck.CACHE_FORMAT + 1, "entries": {key: {"passed": True, "reason": ""}}}))
+    entry = {"passed": True, "reason": ""}
+    cache.write_text(json.dumps({"format": selfcheck.CACHE_FORMAT + 1, "entries": {key: entry}}))
     auto()
     assert len(check.calls) == 1
 
@@ -233,7 +234,7 @@ def test_out_of_memory_is_not_a_verdict_to_keep(cache, gpu, monkeypatch):
 
     def full(device, mode, dtype):
         calls.append(mode)
-        raise selfcheck.Inconclusive("planned tiles (T=10 B=10 I=8 H=200): the GPU's memory is full: CUDA out of memory")
+        raise selfcheck.Inconclusive("planned tiles (T=10 B=10 I=8 H=200): the GPU's memory is full: CUDA OOM")
 
     monkeypatch.setattr(selfcheck, "run_checks", full)
     with pytest.warns(RuntimeWarning, match="could not be checked.*memory is full.*next process checks again") as rec:

@@ -100,11 +100,11 @@ def measure(gate, problem: Problem, dtype: torch.dtype, device, *, seed: int = 0
     T, B, I, H = problem.steps, problem.batch, problem.inputs, problem.hidden
     G = spec.num_gates
     gen = torch.Generator().manual_seed(seed)
-    leaves = [_rounded(gen, s, dtype, device, problem.scale) for s in ((T, B, I), (G * H, I), (G * H, H), (G * H,), (B, H), (B, H))]
+    shapes = ((T, B, I), (G * H, I), (G * H, H), (G * H,), (B, H), (B, H))  # x, w_ih, w_hh, bias, h0, c0
+    leaves = [_rounded(gen, s, dtype, device, problem.scale) for s in shapes]
     # c_T comes back in fp32 for half precision: its upstream gradient is rounded to what it receives
     out_dtypes = (dtype, dtype, torch.float32 if dtype != torch.float32 else dtype)
-    shapes = ((T, B, H), (B, H), (B, H))
-    upstream = [_rounded(gen, s, d, device, 1.0) for s, d in zip(shapes, out_dtypes)]
+    upstream = [_rounded(gen, s, d, device, 1.0) for s, d in zip(((T, B, H), (B, H), (B, H)), out_dtypes)]
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(torch.device(device).type, enabled=False):
         ref_in = [t.clone().requires_grad_() for t in leaves]
         ref_out = naive_recurrence(*ref_in, spec)
