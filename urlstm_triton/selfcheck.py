@@ -193,7 +193,7 @@ def _store(path: pathlib.Path, key: str, entry: dict) -> None:
         pass
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # held across a check, which calls back into the backend
 _MEMORY: Dict[Tuple[str, str], Verdict] = {}
 _WARNED = set()
 
