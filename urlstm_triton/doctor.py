@@ -53,7 +53,9 @@ def _names(value: str, allowed, what: str) -> List[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m urlstm_triton.doctor", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m urlstm_triton.doctor",
+                                description="Check the Triton kernels on this machine against a float64 oracle.",
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", type=lambda v: _names(v, FAMILIES, "families"), default=list(FAMILIES),
                    help=f"kernel families to check (default: {','.join(FAMILIES)})")
@@ -162,7 +164,7 @@ def _describe(options: Dict) -> Dict:
 
 def run_check(family: str, mode: str, dtype_name: str, cases, device) -> Dict:
     """Every case of one (family, mode, dtype); failed at the first exception."""
-    from .parity import DTYPES, MODE_GATES, TOLERANCE, measure
+    from .parity import DTYPES, MODE_GATES, TOLERANCE, measure, one_line
 
     dtype = DTYPES[dtype_name]
     result = {"family": family, "mode": mode, "dtype": dtype_name, "passed": True, "skipped": None,
@@ -174,8 +176,7 @@ def run_check(family: str, mode: str, dtype_name: str, cases, device) -> Dict:
         try:
             parity = measure(MODE_GATES[mode], problem, dtype, device, **options)
         except Exception as e:  # a kernel that does not compile or launch, a barrier timeout ...
-            first = (str(e).strip().splitlines() or [""])[0]
-            case.update(passed=False, error=f"{type(e).__name__}: {first}")
+            case.update(passed=False, error=one_line(e))
             result.update(passed=False, error=f"{name} ({problem}): {case['error']}")
             break
         quantity, err = parity.worst
@@ -193,7 +194,7 @@ def self_check_rows(modes, dtype_names, device, on_gpu: bool, cache_dir) -> List
     its time includes compiling the kernels, unless Triton's cache has them) and once more to time it with its
     kernels compiled (issue 12's budget: a few hundred milliseconds)."""
     from .parity import DTYPES
-    from .selfcheck import MODE_NAMES, run_checks, verdict
+    from .selfcheck import MODE_NAMES, Inconclusive, run_checks, verdict
 
     if not on_gpu:
         return [{"mode": ",".join(modes), "dtype": ",".join(dtype_names), "passed": None,
@@ -206,8 +207,11 @@ def self_check_rows(modes, dtype_names, device, on_gpu: bool, cache_dir) -> List
             row = {"mode": mode, "dtype": d, "passed": v.passed, "reason": v.reason, "seconds": round(v.seconds, 3),
                    "cache": v.path}
             start = time.perf_counter()
-            run_checks(device, mode_ids[mode], DTYPES[d])
-            row["seconds_compiled"] = round(time.perf_counter() - start, 3)
+            try:
+                run_checks(device, mode_ids[mode], DTYPES[d])
+                row["seconds_compiled"] = round(time.perf_counter() - start, 3)
+            except Inconclusive:
+                row["seconds_compiled"] = None
             rows.append(row)
     return rows
 
@@ -253,6 +257,7 @@ def time_against_lstm(device, shapes=None, dtype=torch.bfloat16) -> List[Dict]:
     """Forward+backward of URLSTM (backend triton, kernel auto) and nn.LSTM on ``shapes`` (default TIMED)."""
     from . import URLSTM
     from .kernels import MODE_REFINE
+    from .parity import one_line
     from .triton_backend import choose_kernel
 
     rows = []
@@ -266,7 +271,7 @@ def time_against_lstm(device, shapes=None, dtype=torch.bfloat16) -> List[Dict]:
                 row[name] = round(_fwd_bwd_ms(make(), (T, B, I, H), dtype, device), 3)
             except Exception as e:  # e.g. out of memory on a small GPU: reported in the row
                 row[name] = None
-                row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+                row["error"] = one_line(e)
         if row.get("urlstm_ms") and row.get("lstm_ms"):
             row["ratio"] = round(row["urlstm_ms"] / row["lstm_ms"], 3)
         rows.append(row)
@@ -306,8 +311,8 @@ def self_check_table(rows: List[Dict]) -> str:
             out.append([r["mode"], r["dtype"], "skipped", "-", "-", r["skipped"]])
         else:
             verdict = "passed: persistent kernels on" if r["passed"] else "FAILED: step kernels run"
-            out.append([r["mode"], r["dtype"], verdict, f"{r['seconds']:.2f}", f"{r['seconds_compiled']:.2f}",
-                        r["reason"]])
+            again = "-" if r["seconds_compiled"] is None else f"{r['seconds_compiled']:.2f}"
+            out.append([r["mode"], r["dtype"], verdict, f"{r['seconds']:.2f}", again, r["reason"]])
     return _table(out)
 
 

@@ -76,6 +76,11 @@ def _finite_or_inf(v: float) -> float:
     return v if not math.isnan(v) else math.inf
 
 
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for a report row."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
 def rel_error(ours: torch.Tensor, oracle: torch.Tensor) -> float:
     """``||ours - oracle|| / ||oracle||`` in float64 (inf if ``ours`` is not finite)."""
     ours, oracle = ours.detach().double(), oracle.detach().double()

@@ -124,7 +124,7 @@ def cases():
 def run_checks(device, mode: int, dtype: torch.dtype) -> str:
     """Run :func:`cases` on ``device``; '' if every one is within the oracle's tolerance, else what failed.
     Raises :class:`Inconclusive` if the GPU ran out of memory."""
-    from .parity import MODE_GATES, measure
+    from .parity import MODE_GATES, measure, one_line
 
     gate = MODE_GATES[MODE_NAMES[mode]]
     device = torch.device(device)
@@ -134,16 +134,12 @@ def run_checks(device, mode: int, dtype: torch.dtype) -> str:
             try:
                 parity = measure(gate, problem, dtype, device, kernel="persistent", **options)
             except torch.cuda.OutOfMemoryError as e:
-                raise Inconclusive(f"{name} ({problem}): the GPU's memory is full: {_first_line(e)}") from e
+                raise Inconclusive(f"{name} ({problem}): the GPU's memory is full: {one_line(e)}") from e
             except Exception as e:  # a kernel that does not compile, a barrier that timed out ...
-                return f"{name} ({problem}): {type(e).__name__}: {_first_line(e)}"
+                return f"{name} ({problem}): {one_line(e)}"
             if not parity.passed:
                 return f"{name} ({problem}): relative error vs float64 {parity.describe()}"
     return ""
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
 
 
 # ------------------------------------------------------------------------------------------------- cache
