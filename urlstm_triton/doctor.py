@@ -240,7 +240,7 @@ def _median_ms(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
-def _fwd_bwd_ms(model: torch.nn.Module, dims, dtype: torch.dtype, device: torch.device) -> float:
+def _fwd_bwd_ms(model: torch.nn.Module, dims, dtype, device: torch.device, reps: int, warmup: int) -> float:
     T, B, I, H = dims
     model = model.to(device=device, dtype=dtype)
     x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=True)
@@ -250,11 +250,12 @@ def _fwd_bwd_ms(model: torch.nn.Module, dims, dtype: torch.dtype, device: torch.
         out, _ = model(x)
         out.backward(grad)
 
-    return _median_ms(fwd_bwd, device)
+    return _median_ms(fwd_bwd, device, reps, warmup)
 
 
-def time_against_lstm(device, shapes=None, dtype=torch.bfloat16) -> List[Dict]:
-    """Forward+backward of URLSTM (backend triton, kernel auto) and nn.LSTM on ``shapes`` (default TIMED)."""
+def time_against_lstm(device, shapes=None, dtype=torch.bfloat16, reps: int = 5, warmup: int = 2) -> List[Dict]:
+    """Median forward+backward time of URLSTM (backend triton, kernel auto) and nn.LSTM on ``shapes`` (default
+    TIMED), after ``warmup`` runs (which compile the kernels)."""
     from . import URLSTM
     from .kernels import MODE_REFINE
     from .parity import one_line
@@ -268,7 +269,7 @@ def time_against_lstm(device, shapes=None, dtype=torch.bfloat16) -> List[Dict]:
         for name, make in (("urlstm_ms", lambda: URLSTM(I, H, gate="UR", backend="triton")),
                            ("lstm_ms", lambda: torch.nn.LSTM(I, H))):
             try:
-                row[name] = round(_fwd_bwd_ms(make(), (T, B, I, H), dtype, device), 3)
+                row[name] = round(_fwd_bwd_ms(make(), (T, B, I, H), dtype, device, reps, warmup), 3)
             except Exception as e:  # e.g. out of memory on a small GPU: reported in the row
                 row[name] = None
                 row["error"] = one_line(e)
