@@ -202,11 +202,12 @@ def _persistent_fwd_kernel(
         tl.store(h_prev + off_h, h.to(hs_ptr.dtype.element_ty), mask=m2)
         tl.store(c_t, c, mask=m2)
         if SAVE_GATES:
-            tl.store(g_t, a0, mask=m2)
-            tl.store(g_t + H, a1, mask=m2)
-            tl.store(g_t + 2 * H, a2, mask=m2)
+            gty = gates_ptr.dtype.element_ty
+            tl.store(g_t, a0.to(gty), mask=m2)
+            tl.store(g_t + H, a1.to(gty), mask=m2)
+            tl.store(g_t + 2 * H, a2.to(gty), mask=m2)
             if G == 4:
-                tl.store(g_t + 3 * H, a3, mask=m2)
+                tl.store(g_t + 3 * H, a3.to(gty), mask=m2)
         xp_t += step_g
         g_t += step_g
         if t + 1 < K:  # every program of this batch tile reads h_t at step t + 1
@@ -219,11 +220,11 @@ def _load_bwd_step(dout_t, c_prev_t, g_t, m2, H, G: tl.constexpr):
     when G = 3)."""
     d_o = tl.load(dout_t, mask=m2, other=0.0).to(tl.float32)
     c_prev = tl.load(c_prev_t, mask=m2, other=0.0)
-    a0 = tl.load(g_t, mask=m2, other=0.0)
-    a1 = tl.load(g_t + H, mask=m2, other=0.0)
-    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0)
+    a0 = tl.load(g_t, mask=m2, other=0.0).to(tl.float32)
+    a1 = tl.load(g_t + H, mask=m2, other=0.0).to(tl.float32)
+    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
     if G == 4:
-        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0)
+        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
     else:
         a3 = a2
     return d_o, c_prev, a0, a1, a2, a3
@@ -581,7 +582,7 @@ def forward_sequence(xproj: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, gates:
     assert w_hh.dtype == xproj.dtype == hs.dtype, "xproj, w_hh and hs share the compute dtype"
     save = gates is not None
     if save:
-        assert gates.shape == xproj.shape and gates.dtype == torch.float32 and gates.is_contiguous()
+        assert gates.shape == xproj.shape and gates.dtype in (torch.float32, xproj.dtype) and gates.is_contiguous()
     if steps == 0:
         return
     cfg = _config(config)
@@ -621,7 +622,7 @@ def backward_sequence(d_out: Tensor, w_hh: Tensor, gates: Tensor, cs: Tensor, dz
     assert (dz_next is None) != (dh_last is None), "give exactly one of dz_next, dh_last"
     assert w_hh.shape == (gh, hidden) and gates.shape == (steps, batch, gh) and dzs.shape == gates.shape
     assert cs.shape == (steps + 1, batch, hidden) and dc.shape == (batch, hidden)
-    assert gates.dtype == cs.dtype == dc.dtype == torch.float32
+    assert cs.dtype == dc.dtype == torch.float32 and gates.dtype in (torch.float32, dzs.dtype)
     for name, t in (("d_out", d_out), ("w_hh", w_hh), ("gates", gates), ("cs", cs), ("dzs", dzs), ("dc", dc)):
         assert t.is_contiguous(), f"{name} must be contiguous"
     if dz_next is not None:

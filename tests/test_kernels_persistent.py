@@ -416,7 +416,7 @@ def test_bench_times_the_persistent_kernel_beside_the_step_kernels(tmp_path):
     assert {r["impl"] for r in report["results"] if r["fwd_bwd"]["median_ms"] > 0} == {
         "triton", "triton-step", "triton-persistent"}
     assert bench.triton_options("triton-persistent") == {"kernel": "persistent"}
-    assert bench.triton_options("triton-t16.16.16.4")["kernel"] == "step"
+    assert bench.triton_options("triton-t16.16.16.1.4_16.16.16.1.4")["kernel"] == "step"
 
 
 def test_layer_forces_the_persistent_kernels_through_the_backend_option(monkeypatch):

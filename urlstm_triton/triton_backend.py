@@ -18,6 +18,8 @@ Backend options (``URLSTM(..., backend="triton", **options)`` or ``urlstm(..., *
 - ``dot_precision``: ``"ieee"`` (default; fp32 inputs multiply exactly) or ``"tf32"`` (fp32 inputs on the
   tensor cores, faster, ~3e-4 relative error). Half precision always uses the tensor cores.
 - ``config``: a ``urlstm_triton.kernels.TileConfig`` to override the tile sizes.
+- ``gate_storage``: ``"compute"`` (default) saves the activated gates for backward in the compute dtype (half
+  the bytes in bf16/fp16; the error stays within the bf16 bounds) or ``"fp32"``.
 - ``cuda_graph``: ``True`` to replay each sequence's K step launches from a cached CUDA graph
   (``kernels/graphs.py``): cuts the per-launch CPU overhead that dominates at small batch; CUDA only.
 
@@ -42,7 +44,8 @@ from .functional import KERNELS
 from .gates import GateSpec
 from .triton_autograd import ChunkedRecurrence, FusedRecurrence, run_forward
 
-OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config", "cuda_graph")
+OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config", "cuda_graph", "gate_storage")
+GATE_STORAGE = ("compute", "fp32")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -162,8 +165,13 @@ def triton_recurrence(
     mode = gate_mode(spec)
     steps, batch, in_size = x.shape
     hidden = w_hh.shape[1]
-    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
-                               dtype, x.device, opts.get("memory_budget"))
+    gates = w_hh.shape[0] // hidden
+    storage = opts.get("gate_storage", "compute")
+    if storage not in GATE_STORAGE:
+        raise ValueError(f"gate_storage must be one of {GATE_STORAGE}, got {storage!r}")
+    gate_dtype = torch.float32 if storage == "fp32" else dtype
+    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, gates,
+                               dtype, x.device, opts.get("memory_budget"), gate_dtype)
     family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device, dtype=dtype,
                            steps=min(chunk or steps, steps), mode=mode)
     if opts.get("cuda_graph", False):
@@ -174,7 +182,7 @@ def triton_recurrence(
     on_gpu = x.device.type == "cuda" and not kernels_interpreted()
     config = opts.get("config") or _kernels.pick_config(
         batch, hidden, on_gpu, opts.get("dot_precision", "ieee"), _num_sms(x.device) if on_gpu else None,
-        torch.empty((), dtype=dtype).element_size())
+        torch.empty((), dtype=dtype).element_size(), gates, torch.empty((), dtype=gate_dtype).element_size())
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
@@ -187,8 +195,8 @@ def triton_recurrence(
             grad = torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, w_ih, w_hh, bias, h0, c0))
             if not grad:  # inference: no per-step gates are written or kept
-                hs, cs, _ = run_forward(xproj, w_hhc, h0c, c0c, mode, family, config, save_gates=False)
+                hs, cs, _ = run_forward(xproj, w_hhc, h0c, c0c, mode, family, config, None)
                 return hs[1:], hs[steps].clone(), cs[steps].clone()
-            return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config)
+            return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config, gate_dtype)
         return ChunkedRecurrence.apply(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype),
-                                       w_hhc, h0c, c0c, mode, chunk, family, config)
+                                       w_hhc, h0c, c0c, mode, chunk, family, config, gate_dtype)
