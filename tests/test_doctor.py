@@ -145,10 +145,11 @@ def test_gpu_problems_are_what_their_names_say(dtype):
         assert batch_tiles.n_b == 5 and not batch_tiles.u_on_chip
     (_, odd, _), (_, many, _) = doctor.family_cases("step", True, 132)
     for problem in (odd, many):
-        tiles = pick_config(problem.batch, problem.hidden, True, num_sms=132, elem_bytes=dtype.itemsize)
-        assert problem.batch % tiles.block_b and problem.hidden % tiles.block_h  # ragged last tiles
-    tiles = pick_config(many.batch, many.hidden, True, num_sms=132, elem_bytes=dtype.itemsize)
-    assert -(-many.batch // tiles.block_b) * -(-many.hidden // tiles.block_h) >= 132
+        config = pick_config(problem.batch, problem.hidden, True, num_sms=132, elem_bytes=dtype.itemsize, gates=4)
+        for t in (config.fwd, config.bwd):
+            assert problem.batch % t.block_b and problem.hidden % t.block_h  # ragged last tiles
+            if problem is many:
+                assert -(-many.batch // t.block_b) * t.split_k * -(-many.hidden // t.block_h) >= 132
     graphed = doctor.family_cases("graphed", True, 132)
     assert [o["kernel"] for _, _, o in graphed] == ["step", "persistent"]
     assert all(o["cuda_graph"] for _, _, o in graphed)
