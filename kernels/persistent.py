@@ -35,7 +35,6 @@ backend run either family; :func:`suits` is the ``kernel="auto"`` dispatch rule 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -55,9 +54,8 @@ MAX_BLOCK_B = 64    # batch rows per program: the (BLOCK_B, K) operand of h (or 
 
 # ---- the kernel="auto" dispatch rule (see :func:`suits`); to be re-tuned from scripts/bench_kernels.py ----
 # The grid barrier's memory ordering can only be proven on hardware, and a bug there gives wrong numbers, not an
-# error. Until scripts/gpu_check.sh has passed on a GPU, kernel="auto" does not pick these kernels by itself:
-# kernel="persistent" forces them, and URLSTM_PERSISTENT_AUTO=1 (read at import) lets auto apply the rule below.
-AUTO_ENABLED = os.environ.get("URLSTM_PERSISTENT_AUTO", "0") == "1"
+# error: where this rule says the kernels suit a problem, the backend (triton_backend.choose_kernel) still takes
+# them only on a device where their self-check against the float64 oracle has passed (urlstm_triton.selfcheck).
 AUTO_MAX_BATCH = 64  # above this, one step's GEMM has enough rows to amortise a launch: step kernels
 AUTO_MIN_STEPS = 8   # below this (generation, short calls) the step kernels' single launch per step is cheaper
 
@@ -517,8 +515,7 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
                       steps: Optional[int] = None, gates: int = 4) -> str:
     """Why ``kernel="auto"`` takes the step kernels rather than the persistent ones ('' when it takes these).
 
-    The rule, in order:
-    0. only with ``AUTO_ENABLED`` (``URLSTM_PERSISTENT_AUTO=1``) until the kernels are validated on a GPU;
+    The rule, in order (the backend then also asks the device's self-check, ``urlstm_triton.selfcheck``):
     1. only on a CUDA device (in the interpreter the persistent kernels run only when forced);
     2. ``steps < AUTO_MIN_STEPS`` (8): generation and short calls take the step kernels, whose one launch per
        step is the cheapest path when there are few steps to amortise the persistent launch's setup (a zeroed
@@ -530,9 +527,6 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
     device = torch.device(device)
     if device.type != "cuda" or interpreting():
         return "persistent kernels are chosen automatically only on a CUDA device"
-    if not AUTO_ENABLED:
-        return ("not yet validated on a GPU: kernel='auto' takes them only with URLSTM_PERSISTENT_AUTO=1 "
-                "(kernel='persistent' forces them)")
     if steps is not None and steps < AUTO_MIN_STEPS:
         return f"{steps} steps < {AUTO_MIN_STEPS}: one step launch per step is cheaper"
     if batch > AUTO_MAX_BATCH:
@@ -543,7 +537,8 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
 
 def suits(batch: int, hidden: int, device, *, dtype: torch.dtype = torch.float32, steps: Optional[int] = None,
           gates: int = 4) -> bool:
-    """``kernel="auto"`` takes the persistent kernels for this problem (rule: :func:`unsuitable_reason`)."""
+    """The persistent kernels suit this problem (rule: :func:`unsuitable_reason`): ``kernel="auto"`` takes them
+    where, besides, their self-check has passed on the device."""
     return unsuitable_reason(batch, hidden, device, dtype=dtype, steps=steps, gates=gates) == ""
 
 

@@ -7,7 +7,9 @@ Backend options (``URLSTM(..., backend="triton", **options)`` or ``urlstm(..., *
 
 - ``kernel``: ``"auto"`` | ``"step"`` | ``"persistent"``: the kernel family. ``"step"`` launches one
   kernel per time step (any B, H). ``"persistent"`` (one launch per chunk; ``kernels/persistent.py``) is
-  used only where that module exists. ``"auto"`` picks through :func:`choose_kernel`.
+  used only where that module exists. ``"auto"`` picks through :func:`choose_kernel`: the persistent
+  kernels where they suit the problem and have passed their self-check on the device
+  (:mod:`urlstm_triton.selfcheck`), else the step kernels.
 - ``chunk_size``: ``None`` (save every step's gates for backward: fastest), an int K (save only the
   chunk-boundary states, recompute each chunk in backward: memory O(T/K B H + K B 4H)), or ``"auto"``
   (save everything if it fits ``memory_budget`` bytes, else the largest K that fits; see
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels as _kernels
+from . import selfcheck
 from .chunking import resolve_chunk_size
 from .functional import KERNELS
 from .gates import GateSpec
@@ -90,12 +93,14 @@ def _persistent_family():
 
 
 def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
-                  steps: Optional[int] = None, gates: int = 4):
+                  steps: Optional[int] = None, mode: int = _kernels.MODE_REFINE):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
-    option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
-    problem: ``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the
-    number of steps per launch (the chunk size when chunked); the rule is written down in
-    ``kernels/persistent.py`` (``unsuitable_reason``)."""
+    option. ``"auto"`` takes the step kernels unless a persistent family exists, says it suits the problem
+    (``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the number of
+    steps per launch, the chunk size when chunked; the rule is written down in ``kernels/persistent.py``:
+    ``unsuitable_reason``) and has passed its self-check on this device for ``mode`` and ``dtype``
+    (``selfcheck.passed``: checked against the float64 oracle on first use, cached on disk; a failure
+    warns once and the step kernels run)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "step":
@@ -107,8 +112,9 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *,
                              "backward_sequence (the launch-helper contract of urlstm_triton.kernels)")
         return persistent
     suits = getattr(persistent, "suits", None)
-    if persistent is not None and callable(suits) and suits(batch, hidden, device, dtype=dtype, steps=steps,
-                                                            gates=gates):
+    if (persistent is not None and callable(suits)
+            and suits(batch, hidden, device, dtype=dtype, steps=steps, gates=_kernels.num_gates(mode))
+            and selfcheck.passed(device, mode, dtype)):
         return persistent
     return _kernels
 
@@ -167,7 +173,7 @@ def triton_recurrence(
     chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, gates,
                                dtype, x.device, opts.get("memory_budget"), gate_dtype)
     family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device, dtype=dtype,
-                           steps=min(chunk or steps, steps), gates=w_hh.shape[0] // hidden)
+                           steps=min(chunk or steps, steps), mode=mode)
     if opts.get("cuda_graph", False):
         if x.device.type != "cuda" or kernels_interpreted():
             raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"
