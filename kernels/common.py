@@ -210,3 +210,72 @@ def arrive(count_ptr, SPLIT_K: tl.constexpr):
     tl.debug_barrier()
     old = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
     return old % SPLIT_K == SPLIT_K - 1
+
+
+@triton.jit
+def forward_epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr, G: tl.constexpr,
+              SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, EPI_H: tl.constexpr):
+    """Forward gate math of step ``t64`` for rows ``rb`` and units ``u0 .. u0 + EPI_H``, from their gate-minor
+    pre-activations ``acc`` (``(BLOCK_B, 4 EPI_H)``, without the input projection): adds ``xproj``, reads
+    ``c_{t-1}``, writes ``h_t``, ``c_t`` and (``SAVE_GATES``) the activated gates in the ``gates`` buffer's
+    dtype. The step and the persistent forward kernels both end their steps with it."""
+    a0, a1, a2, a3 = split_gates(acc, BLOCK_B, EPI_H)
+    rh = u0 + tl.arange(0, EPI_H)
+    m2 = mb[:, None] & (rh < H)[None, :]
+    bh = B * H
+    gh = G * H
+    row = rb[:, None] * gh + rh[None, :]  # gate block 0 of (b, j) in a (B, G*H) step
+    xp = xp_ptr + t64 * B * gh
+    z0 = a0 + tl.load(xp + row, mask=m2, other=0.0).to(tl.float32)
+    z1 = a1 + tl.load(xp + row + H, mask=m2, other=0.0).to(tl.float32)
+    z2 = a2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    z3 = a3
+    if G == 4:
+        z3 = a3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    hc = rb[:, None] * H + rh[None, :]
+    c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
+    h, c, g0, g1, g2, g3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
+    tl.store(cs_ptr + (t64 + 1) * bh + hc, c, mask=m2)
+    tl.store(hs_ptr + (t64 + 1) * bh + hc, h.to(hs_ptr.dtype.element_ty), mask=m2)
+    if SAVE_GATES:
+        gp = gates_ptr + t64 * B * gh + row
+        ty = gates_ptr.dtype.element_ty
+        tl.store(gp, g0.to(ty), mask=m2)
+        tl.store(gp + H, g1.to(ty), mask=m2)
+        tl.store(gp + 2 * H, g2.to(ty), mask=m2)
+        if G == 4:
+            tl.store(gp + 3 * H, g3.to(ty), mask=m2)
+
+
+@triton.jit
+def backward_epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE: tl.constexpr,
+              G: tl.constexpr):
+    """Gate derivatives of step ``t64`` for rows ``rb`` and ``units``, given ``dh`` (every path but
+    ``d_out[t]``, which it adds): reads the saved gates and cell states and ``dc`` (this tile's, updated in
+    place to ``dc_{t-1}``), writes ``dz_t``. The step and the persistent backward kernels both use it."""
+    mu = units < H
+    m2 = mb[:, None] & mu[None, :]
+    bh = B * H
+    gh = G * H
+    hc = rb[:, None] * H + units[None, :]
+    dh = dh + tl.load(dout_ptr + t64 * bh + hc, mask=m2, other=0.0).to(tl.float32)
+    row = rb[:, None] * gh + units[None, :]
+    gp = gates_ptr + t64 * B * gh + row
+    a0 = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+    a1 = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
+    a2 = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    a3 = a2  # unused in the tied mode (three gate blocks)
+    if G == 4:
+        a3 = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
+    c = tl.load(cs_ptr + (t64 + 1) * bh + hc, mask=m2, other=0.0)
+    dc = tl.load(dc_ptr + hc, mask=m2, other=0.0)
+    dz0, dz1, dz2, dz3, dc_prev = cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
+    tl.store(dc_ptr + hc, dc_prev, mask=m2)
+    dzp = dz_ptr + t64 * B * gh + row
+    ty = dz_ptr.dtype.element_ty
+    tl.store(dzp, dz0.to(ty), mask=m2)
+    tl.store(dzp + H, dz1.to(ty), mask=m2)
+    tl.store(dzp + 2 * H, dz2.to(ty), mask=m2)
+    if G == 4:
+        tl.store(dzp + 3 * H, dz3.to(ty), mask=m2)

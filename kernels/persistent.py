@@ -7,25 +7,34 @@ units, so the gate math is the GEMM's epilogue) of batch rows ``[j*BLOCK_B, (j+1
 one batch tile exchange ``h_t`` (forward) or ``dz_t`` (backward) through global memory and meet at a
 grid-wide barrier once per step; batch tiles are independent and each has its own barrier counter.
 
-On chip:
-- ``U_ON_CHIP=True``: a program loads its slice of ``U`` once, before the time loop, as ``G`` tiles of
-  ``(H, BLOCK_H)`` that stay live across the loop: forward holds ``U[g*H + units, :]^T``, backward the
-  ``U^T`` slice ``U[g*H + :, units]``. Compiled for sm_90 (triton 3.6 and 3.9) the tiles are written to shared
-  memory once before the loop and read from there every step; each step then reads only the ``(BLOCK_B, H)``
-  operand (``h_{t-1}``, or ``dz_t`` per gate block) from L2.
-- ``U_ON_CHIP=False``: the tiles do not fit one program's shared memory (:func:`plan_persistent`); the
-  kernel streams the slice in ``BLOCK_K`` chunks every step instead (same math; all slices together are
-  ``G*H*H`` elements, L2-resident on current GPUs for the sizes this path is chosen for).
+Each step is one MMA per reduction step over all gate blocks of the program's units, as in the step kernels
+(forward: a gate-minor ``(K, 4 BLOCK_H)`` slice of ``U^T``; backward: one reduction over all ``G H`` gate units
+of ``dz_{t+1}``), followed by the same epilogue (``common.forward_epilogue``/``backward_epilogue``).
+
+Where U lives:
+- ``U_ON_CHIP=True`` (forward only): a program loads its slice of ``U`` once, before the time loop, as one
+  tile covering the whole reduction; each step then reads only the ``(BLOCK_B, H)`` rows of ``h_{t-1}`` from
+  L2. Chosen only while the tiles are small (:data:`ONCHIP_MAX_BYTES`): larger ones, and the backward's
+  ``(G H, BLOCK_H)`` slice, were measured to spill registers when compiled for sm_90
+  (``scripts/kernel_report.py``).
+- otherwise (and always in backward) the slice is streamed every step through a reduction loop of
+  ``BLOCK_K`` slices that the compiler software-pipelines (``num_stages``); all slices together are
+  ``G*H*H`` elements, L2-resident on current GPUs for the sizes this path is chosen for.
 
 Grid barrier (:func:`_grid_barrier`): a monotone int32 counter per batch tile. After its stores of step ``t``
 a program syncs its own threads (``tl.debug_barrier``, i.e. bar.sync), adds 1 with release semantics at GPU
 scope, spins on acquire reads (an atomic add of 0) until the counter reaches ``(t + 1) * n_h``, and syncs its
-threads again. The exchanged tensors are loaded with ``.cg`` (bypassing L1), and the kernels are compiled
-with ``num_stages=1`` so no load is software-pipelined across the barrier. This is cooperative groups' grid
+threads again. Every thread's later loads of the exchanged tensors are thereby ordered after the acquire
+(release -> acquire -> CTA barrier -> load: the PTX memory model then guarantees they see the other programs'
+stores, in L1 or not; the loads also ask for ``.cg``, L1-bypassing, which pipelined copies narrower than
+16 bytes cannot honour). Software pipelining prefetches only within one step's reduction loop, which starts
+after the barrier. This is cooperative groups' grid
 sync and, like it, it deadlocks unless every program of the grid is resident at once: :func:`plan_persistent`
 sizes the grid to at most one program per SM and :func:`coresidency_reason` refuses other grids. As a last
-guard the spin is bounded (``max_spins``): a program that gives up raises a flag, which the launch helpers
-check, and stops waiting at later barriers, so a broken grid ends in an error instead of a hang. A grid with
+guard the spin is bounded (``max_spins``): a program that gives up raises a flag (the only write to it), which
+the launch helpers read after the launch (:func:`check_timeout`: a ``RuntimeError``, no device-side assert, so
+the CUDA context stays usable), and stops waiting at later barriers, so a broken grid ends in an error instead
+of a hang. A grid with
 one hidden tile (``n_h = 1``) never waits, which is how Triton's interpreter (programs run one after another)
 tests the math on a CPU.
 
@@ -44,7 +53,9 @@ import triton.language as tl
 import triton.runtime.errors
 from torch import Tensor
 
-from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, cell_backward, cell_forward, interpreting, num_gates
+from . import cost_model as CM
+from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, backward_epilogue, forward_epilogue, interpreting,
+                     num_gates)
 
 # A spin iteration is one L2 round trip (~1 us) and a legitimate wait a few us: 2**24 spins (seconds) only
 # run out when a program of the grid is not running at all.
@@ -66,7 +77,8 @@ AUTO_MIN_STEPS = 8   # below this (generation, short calls) the step kernels' si
 @triton.jit
 def _grid_barrier(sync_ptr, err_ptr, target, spin_limit):
     """Wait until the counter at ``sync_ptr`` reaches ``target`` (module docstring). Returns the spin limit
-    for the next barrier: 0 once this one gave up (flag raised), so a broken grid cannot hang."""
+    for the next barrier: 0 once this one gave up (the error flag raised, the only time it is touched), so a
+    broken grid cannot hang."""
     tl.debug_barrier()  # every thread of this program has issued its stores of this step
     tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
@@ -75,51 +87,49 @@ def _grid_barrier(sync_ptr, err_ptr, target, spin_limit):
         seen = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
         spins += 1
     timed_out = seen < target
-    tl.atomic_max(err_ptr, timed_out.to(tl.int32), sem="relaxed", scope="gpu")
+    tl.atomic_max(err_ptr, 1, mask=timed_out, sem="relaxed", scope="gpu")
     tl.debug_barrier()  # no thread reads the exchanged tensor before the acquire above
     return tl.where(timed_out, 0, spin_limit)
 
 
 @triton.jit
-def _w_tile(w_ptr, row0, rk, mk, units, mu, H):
-    """``U[row0 + rk, units]`` of the (G*H, H) weight as a (len(rk), len(units)) dot operand."""
-    return tl.load(w_ptr + (row0 + rk[:, None]).to(tl.int64) * H + units[None, :],
-                   mask=mk[:, None] & mu[None, :], other=0.0)
-
-
-@triton.jit
-def _wt_tile(w_ptr, row0, rk, mk, units, mu, H):
-    """``U[row0 + units, rk]^T``: the forward's operand, (len(rk), len(units))."""
-    return tl.load(w_ptr + (row0 + units[None, :]).to(tl.int64) * H + rk[:, None],
-                   mask=mk[:, None] & mu[None, :], other=0.0)
-
-
-@triton.jit
-def _dz_times_u(dz_ptr, w_ptr, w0, w1, w2, w3, rows, mb, units, mu, H,
-                G: tl.constexpr, U_ON_CHIP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """``(dz @ U)[rows, units]`` for a (B, G*H) slab ``dz`` (fp32): the dh that step t-1 receives."""
-    GH = G * H
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    if U_ON_CHIP:
+def _h_times_u(h_src, w_ptr, w_all, rows, mb, w_rows, mc, H, U_ON_CHIP: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """``h_{t-1} U^T`` for this program's rows and the gate-minor columns of its units (``(BLOCK_B, 4 BLOCK_H)``,
+    fp32): one MMA per reduction step over all gate blocks, ``h`` read past L1 (other programs wrote it)."""
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
+    if U_ON_CHIP:  # BLOCK_K covers H: one MMA with the slice loaded before the time loop
         rk = tl.arange(0, BLOCK_K)
-        m = mb[:, None] & (rk < H)[None, :]
-        p = dz_ptr + rows[:, None] * GH + rk[None, :]
-        acc = tl.dot(tl.load(p, mask=m, other=0.0, cache_modifier=".cg"), w0, acc, input_precision=PRECISION)
-        acc = tl.dot(tl.load(p + H, mask=m, other=0.0, cache_modifier=".cg"), w1, acc, input_precision=PRECISION)
-        acc = tl.dot(tl.load(p + 2 * H, mask=m, other=0.0, cache_modifier=".cg"), w2, acc,
-                     input_precision=PRECISION)
-        if G == 4:
-            acc = tl.dot(tl.load(p + 3 * H, mask=m, other=0.0, cache_modifier=".cg"), w3, acc,
-                         input_precision=PRECISION)
-    else:
-        for q in range(0, G):
-            for k0 in range(0, H, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                mk = rk < H
-                dz = tl.load(dz_ptr + rows[:, None] * GH + (q * H + rk)[None, :], mask=mb[:, None] & mk[None, :],
-                             other=0.0, cache_modifier=".cg")
-                acc = tl.dot(dz, _w_tile(w_ptr, q * H, rk, mk, units, mu, H), acc, input_precision=PRECISION)
+        hp = tl.load(h_src + rows[:, None] * H + rk[None, :], mask=mb[:, None] & (rk < H)[None, :], other=0.0,
+                     cache_modifier=".cg")
+        acc = tl.dot(hp, w_all, acc, input_precision=PRECISION)
+    else:  # the slice streamed through a software-pipelined reduction loop
+        for k0 in range(0, H, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            mk = rk < H
+            hp = tl.load(h_src + rows[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
+                         cache_modifier=".cg")
+            w = tl.load(w_ptr + w_rows[None, :] + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+            acc = tl.dot(hp, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _dz_times_u(dz_src, w_ptr, rows, mb, units, mu, GH, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """``(dz @ U)[rows, units]`` for a ``(B, G H)`` slab ``dz`` (fp32 result): the dh that the step before
+    receives, one software-pipelined reduction over all ``G H`` gate units with U's rows streamed from L2 (a
+    whole-reduction tile kept on chip was measured to spill on sm_90), ``dz`` read past L1 (other programs
+    wrote it)."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, GH, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < GH
+        a = tl.load(dz_src + rows[:, None] * GH + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
+                    cache_modifier=".cg")
+        w = tl.load(w_ptr + rk[:, None].to(tl.int64) * H + units[None, :], mask=mk[:, None] & mu[None, :],
+                    other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
     return acc
 
 
@@ -135,106 +145,34 @@ def _persistent_fwd_kernel(
     pid_b = tl.program_id(1)
     n_h = tl.num_programs(0)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mb = rows < B
-    mu = units < H
-    m2 = mb[:, None] & mu[None, :]
-    GH = G * H
-    off_h = rows[:, None] * H + units[None, :]   # (b, j) in a (B, H) slab
-    off_g = rows[:, None] * GH + units[None, :]  # (b, j) of gate block 0 in a (B, G*H) slab
-    step_h = B * H
-    step_g = B * GH
+    col = tl.arange(0, 4 * BLOCK_H)          # gate-minor, as in the step kernel
+    cu = pid_h * BLOCK_H + col // 4
+    cq = col % 4
+    mc = (cu < H) & (cq < G)
+    w_rows = (cq * H + cu).to(tl.int64) * H
     sync = sync_ptr + pid_b
     spin_limit = max_spins
-
-    if U_ON_CHIP:  # this program's slice of U, loaded once and kept live across the time loop
-        rk = tl.arange(0, BLOCK_K)  # BLOCK_K >= H
-        mk = rk < H
-        w0 = _wt_tile(w_ptr, 0 * H, rk, mk, units, mu, H)
-        w1 = _wt_tile(w_ptr, 1 * H, rk, mk, units, mu, H)
-        w2 = _wt_tile(w_ptr, 2 * H, rk, mk, units, mu, H)
-        if G == 4:
-            w3 = _wt_tile(w_ptr, 3 * H, rk, mk, units, mu, H)
-        else:
-            w3 = w0
-
-    # running pointers to step t's slabs (64-bit pointer arithmetic: K*B*G*H may exceed 2**31)
-    h_prev = hs_ptr  # hs[t] = h_{t-1}
-    c_t = cs_ptr + off_h
-    xp_t = xp_ptr + off_g
-    g_t = gates_ptr + off_g
-    c = tl.load(c_t, mask=m2, other=0.0)
+    w_all = tl.zeros((BLOCK_K, 4 * BLOCK_H), dtype=w_ptr.dtype.element_ty)
+    if U_ON_CHIP:  # this program's slice of U, loaded once, the same for every step
+        rk = tl.arange(0, BLOCK_K)
+        w_all = tl.load(w_ptr + w_rows[None, :] + rk[:, None], mask=(rk < H)[:, None] & mc[None, :], other=0.0)
+    bh = B * H
     for t in range(K):
-        acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        if U_ON_CHIP:
-            hp = tl.load(h_prev + rows[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
-                         cache_modifier=".cg")
-            acc0 = tl.dot(hp, w0, acc0, input_precision=PRECISION)
-            acc1 = tl.dot(hp, w1, acc1, input_precision=PRECISION)
-            acc2 = tl.dot(hp, w2, acc2, input_precision=PRECISION)
-            if G == 4:
-                acc3 = tl.dot(hp, w3, acc3, input_precision=PRECISION)
-        else:
-            for k0 in range(0, H, BLOCK_K):
-                rkk = k0 + tl.arange(0, BLOCK_K)
-                mkk = rkk < H
-                hp = tl.load(h_prev + rows[:, None] * H + rkk[None, :], mask=mb[:, None] & mkk[None, :],
-                             other=0.0, cache_modifier=".cg")
-                acc0 = tl.dot(hp, _wt_tile(w_ptr, 0 * H, rkk, mkk, units, mu, H), acc0, input_precision=PRECISION)
-                acc1 = tl.dot(hp, _wt_tile(w_ptr, 1 * H, rkk, mkk, units, mu, H), acc1, input_precision=PRECISION)
-                acc2 = tl.dot(hp, _wt_tile(w_ptr, 2 * H, rkk, mkk, units, mu, H), acc2, input_precision=PRECISION)
-                if G == 4:
-                    acc3 = tl.dot(hp, _wt_tile(w_ptr, 3 * H, rkk, mkk, units, mu, H), acc3,
-                                  input_precision=PRECISION)
-        z0 = acc0 + tl.load(xp_t, mask=m2, other=0.0).to(tl.float32)
-        z1 = acc1 + tl.load(xp_t + H, mask=m2, other=0.0).to(tl.float32)
-        z2 = acc2 + tl.load(xp_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
-        if G == 4:
-            z3 = acc3 + tl.load(xp_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
-        else:
-            z3 = acc3
-        h, c, a0, a1, a2, a3 = cell_forward(z0, z1, z2, z3, c, MODE)
-        h_prev += step_h
-        c_t += step_h
-        tl.store(h_prev + off_h, h.to(hs_ptr.dtype.element_ty), mask=m2)
-        tl.store(c_t, c, mask=m2)
-        if SAVE_GATES:
-            gty = gates_ptr.dtype.element_ty
-            tl.store(g_t, a0.to(gty), mask=m2)
-            tl.store(g_t + H, a1.to(gty), mask=m2)
-            tl.store(g_t + 2 * H, a2.to(gty), mask=m2)
-            if G == 4:
-                tl.store(g_t + 3 * H, a3.to(gty), mask=m2)
-        xp_t += step_g
-        g_t += step_g
+        t64 = tl.cast(t, tl.int64)  # (a plain int in the interpreter)
+        acc = _h_times_u(hs_ptr + t64 * bh, w_ptr, w_all, rows, mb, w_rows, mc, H, U_ON_CHIP, BLOCK_B, BLOCK_H,
+                         BLOCK_K, PRECISION)
+        forward_epilogue(acc, rows, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G,
+                         SAVE_GATES, BLOCK_B, BLOCK_H)
         if t + 1 < K:  # every program of this batch tile reads h_t at step t + 1
             spin_limit = _grid_barrier(sync, err_ptr, (t + 1) * n_h, spin_limit)
 
 
-@triton.jit
-def _load_bwd_step(dout_t, c_prev_t, g_t, m2, H, G: tl.constexpr):
-    """One backward step's own inputs: d_out[t] (fp32), c_{t-1}, and the activated gates a0..a3 (a3 = a2
-    when G = 3)."""
-    d_o = tl.load(dout_t, mask=m2, other=0.0).to(tl.float32)
-    c_prev = tl.load(c_prev_t, mask=m2, other=0.0)
-    a0 = tl.load(g_t, mask=m2, other=0.0).to(tl.float32)
-    a1 = tl.load(g_t + H, mask=m2, other=0.0).to(tl.float32)
-    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
-    if G == 4:
-        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
-    else:
-        a3 = a2
-    return d_o, c_prev, a0, a1, a2, a3
-
-
 @triton.jit(do_not_specialize=["max_spins"])
 def _persistent_bwd_kernel(
-    dout_last_ptr, w_ptr, gates_last_ptr, cs_last_ptr, dz_last_ptr, dc_ptr, dzn_ptr, dh_in_ptr, sync_ptr, err_ptr,
+    dout_ptr, w_ptr, gates_ptr, cs_ptr, dz_ptr, dc_ptr, dzn_ptr, dh_in_ptr, sync_ptr, err_ptr,
     K, B, H, max_spins,
-    MODE: tl.constexpr, HAS_NEXT: tl.constexpr, U_ON_CHIP: tl.constexpr, PRECISION: tl.constexpr,
+    MODE: tl.constexpr, HAS_NEXT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     G: tl.constexpr = 3 if MODE == 0 else 4
@@ -242,70 +180,25 @@ def _persistent_bwd_kernel(
     pid_b = tl.program_id(1)
     n_h = tl.num_programs(0)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mb = rows < B
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mu = units < H
-    m2 = mb[:, None] & mu[None, :]
     GH = G * H
-    off_h = rows[:, None] * H + units[None, :]
-    off_g = rows[:, None] * GH + units[None, :]
-    step_h = B * H
-    step_g = B * GH
     sync = sync_ptr + pid_b
     spin_limit = max_spins
-
-    if U_ON_CHIP:  # the U^T slice U[g*H + :, units], loaded once
-        rk = tl.arange(0, BLOCK_K)
-        mk = rk < H
-        w0 = _w_tile(w_ptr, 0 * H, rk, mk, units, mu, H)
-        w1 = _w_tile(w_ptr, 1 * H, rk, mk, units, mu, H)
-        w2 = _w_tile(w_ptr, 2 * H, rk, mk, units, mu, H)
-        if G == 4:
-            w3 = _w_tile(w_ptr, 3 * H, rk, mk, units, mu, H)
-        else:
-            w3 = w0
-    else:  # streamed: placeholders, never read
-        w0 = 0
-        w1 = 0
-        w2 = 0
-        w3 = 0
-
-    # dh of the chunk's last step from beyond the chunk: dz_next U (a later chunk) or d h_T
+    # the chunk's last step: dh from beyond the chunk, dz_next U (a later chunk) or d h_T
     if HAS_NEXT:
-        dh = _dz_times_u(dzn_ptr, w_ptr, w0, w1, w2, w3, rows, mb, units, mu, H,
-                         G, U_ON_CHIP, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+        dh = _dz_times_u(dzn_ptr, w_ptr, rows, mb, units, mu, GH, H, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
     else:
-        dh = tl.load(dh_in_ptr + off_h, mask=m2, other=0.0)
-    dc = tl.load(dc_ptr + off_h, mask=m2, other=0.0)
-    # running pointers, walking back from the last step (the host passes the last slabs)
-    c_t = cs_last_ptr + off_h
-    dout_t = dout_last_ptr + off_h
-    g_t = gates_last_ptr + off_g
-    dz_t = dz_last_ptr
-    c = tl.load(c_t, mask=m2, other=0.0)
-    # this step's inputs; inside the loop the next (earlier) step's are loaded before the barrier, so their L2
-    # latency overlaps the wait instead of following the dz_t U product on the critical path
-    d_o, c_prev, a0, a1, a2, a3 = _load_bwd_step(dout_t, c_t - step_h, g_t, m2, H, G)
-    for i in range(K):
-        dh += d_o
-        d0, d1, d2, d3, dc = cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
-        ty = dz_last_ptr.dtype.element_ty
-        tl.store(dz_t + off_g, d0.to(ty), mask=m2)
-        tl.store(dz_t + off_g + H, d1.to(ty), mask=m2)
-        tl.store(dz_t + off_g + 2 * H, d2.to(ty), mask=m2)
-        if G == 4:
-            tl.store(dz_t + off_g + 3 * H, d3.to(ty), mask=m2)
-        c = c_prev
-        if i + 1 < K:  # dh_{t-1} = dz_t U needs every unit's dz_t (the caller forms dz_0 U itself)
-            dout_t -= step_h
-            c_t -= step_h
-            g_t -= step_g
-            d_o, c_prev, a0, a1, a2, a3 = _load_bwd_step(dout_t, c_t - step_h, g_t, m2, H, G)
-            spin_limit = _grid_barrier(sync, err_ptr, (i + 1) * n_h, spin_limit)
-            dh = _dz_times_u(dz_t, w_ptr, w0, w1, w2, w3, rows, mb, units, mu, H,
-                             G, U_ON_CHIP, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
-            dz_t -= step_g
-    tl.store(dc_ptr + off_h, dc, mask=m2)
+        dh = tl.load(dh_in_ptr + rows[:, None] * H + units[None, :], mask=mb[:, None] & mu[None, :], other=0.0)
+    backward_epilogue(dh, rows, mb, units, (K - 1).to(tl.int64), B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr,
+                      MODE, G)
+    for i in range(1, K):  # steps K-2 .. 0: dh_t = dz_{t+1} U needs every unit's dz_{t+1}
+        t64 = (K - 1 - i).to(tl.int64)
+        spin_limit = _grid_barrier(sync, err_ptr, i * n_h, spin_limit)
+        dh = _dz_times_u(dz_ptr + (t64 + 1) * B * GH, w_ptr, rows, mb, units, mu, GH, H, BLOCK_B, BLOCK_H,
+                         BLOCK_K, PRECISION)
+        backward_epilogue(dh, rows, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
 
 
 # ------------------------------------------------------------------------------------ planning / residency
@@ -356,12 +249,13 @@ class PersistentConfig:
 
     block_b: Optional[int] = None
     block_h: Optional[int] = None
-    block_k: int = 64
+    block_k: int = 32
     u_on_chip: Optional[bool] = None
-    num_warps: int = 4
+    num_warps: Optional[int] = None  # None: 8 with U on chip or 32-unit tiles, else 4 (register budget)
+    num_stages: int = 3  # software pipelining of the streamed reduction loop (within a step, never across a barrier)
     dot_precision: str = "ieee"
     max_spins: int = DEFAULT_MAX_SPINS
-    check: str = "async"  # timeout flag: "async" (no host sync), "sync" (raise at once), "off"
+    check: str = "sync"  # barrier timeout flag: "sync" (read after each launch; raise) or "off"
 
 
 @dataclass(frozen=True)
@@ -377,6 +271,7 @@ class PersistentPlan:
     onchip_bytes: int  # estimated shared memory per program (U tiles if on chip + one step's operand tile)
     step_bytes: int = 0  # estimated L2 -> SM bytes per program per backward step (the larger direction)
     num_warps: int = 4
+    num_stages: int = 3
 
     @property
     def num_programs(self) -> int:
@@ -386,25 +281,59 @@ class PersistentPlan:
 # Shared memory the compiler adds to the operand tiles (the barrier's broadcast slot, layout conversions):
 # measured ~1 KiB on sm_90 (triton 3.6 and 3.9); 4 KiB leaves room.
 SMEM_SLACK = 4096
+# U stays on chip only while one program's full-reduction tiles (its U slice and one step's h or dz rows)
+# are this small: beyond it the compiled kernels (sm_90, triton 3.6 and 3.9) keep part of them in registers
+# and spill (scripts/kernel_report.py); the streamed, software-pipelined loop does not.
+ONCHIP_MAX_BYTES = 32 * 1024
+MAX_BLOCK_H = 32  # hidden units per program on a GPU: wider tiles were not compile-checked for spills
+
+
+def _warps(block_h: int, on_chip: bool) -> int:
+    """Warps per program: 8 where the reduction's operands or the 4 x 32-unit accumulator would otherwise
+    crowd the registers (compiled spill-free for sm_90 with triton 3.6 and 3.9), else 4."""
+    return 8 if on_chip or block_h >= 32 else 4
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _smem_bytes(gates: int, h_pad: int, block_b: int, block_h: int, block_k: int, elem: int, on_chip: bool) -> int:
-    """Shared memory of one program: with U on chip, its G tiles (h_pad x block_h) plus one step's
-    (block_b x h_pad) operand tile (what sm_90 compiles measured: 197632 B for G=4, H=1024, 32 x 16, bf16);
-    streamed, one K chunk of both operands, double-buffered."""
+def _smem_bytes(gates: int, hidden: int, block_b: int, block_h: int, block_k: int, elem: int, on_chip: bool,
+                stages: int = 3) -> int:
+    """Shared memory of one program's forward (the larger direction). U on chip: the ``(H, 4 block_h)`` slice
+    with one step's ``(block_b, H)`` rows of h (the reduction padded to a power of two); streamed: ``stages``
+    reduction slices of both operands."""
     if on_chip:
-        return (gates * h_pad * block_h + block_b * h_pad) * elem + SMEM_SLACK
-    return 2 * (block_b + gates * block_h) * block_k * elem + SMEM_SLACK
+        return (4 * block_h + block_b) * _pow2(hidden) * elem + SMEM_SLACK
+    return stages * (block_b + 4 * block_h) * block_k * elem + SMEM_SLACK
 
 
-def _step_bytes(gates: int, hidden: int, block_b: int, block_h: int, elem: int, on_chip: bool) -> int:
-    """Bytes a program reads from L2 per backward step: every unit's dz_t for its rows (G*H x block_b)
-    and, when streamed, its U^T slice (G*H x block_h). Per-step latency grows with it."""
-    return gates * hidden * elem * (block_b + (0 if on_chip else block_h))
+def _step_bytes(gates: int, hidden: int, block_b: int, block_h: int, elem: int) -> int:
+    """Bytes a program reads from L2 per backward step: every unit's dz_t for its rows (G*H x block_b) and its
+    streamed U^T slice (G*H x block_h). Per-step latency grows with it."""
+    return gates * hidden * elem * (block_b + block_h)
+
+
+def step_estimate(batch: int, hidden: int, gates: int, plan: "PersistentPlan", elem: int, gate_elem: int,
+                  precision: str = "tf32", machine: CM.Machine = CM.H200, backward: bool = False) -> CM.LaunchEstimate:
+    """One step of a persistent launch under the cost model (``kernels/cost_model.py``): a grid barrier, this
+    step's reduction (only h or dz from L2 when U is on chip), the epilogue."""
+    bb, bh = plan.block_b, plan.block_h
+    rows, units = min(bb, batch), min(bh, hidden)
+    length = gates * hidden if backward else hidden
+    n = bh if backward else 4 * bh
+    streamed = backward or not plan.u_on_chip
+    operand = rows * length * elem + (length * (units if backward else gates * units) * elem if streamed else 0)
+    if backward:
+        epi_hbm = rows * units * (elem + gates * gate_elem + 4 + 4 + gates * elem)
+        epilogue = epi_hbm + rows * units * 8
+    else:
+        epi_hbm = rows * units * (gates * elem + elem + 4 + gates * gate_elem)
+        epilogue = epi_hbm + rows * units * 4
+    return CM.gemm_launch(machine, programs=plan.num_programs, m=bb, n=n, k=length, elem=elem, precision=precision,
+                          operand_bytes=operand, hbm_bytes=0, occupancy=1, tiles=plan.num_programs, fixup_bytes=0,
+                          epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm, gap=machine.barrier_s,
+                          sync=machine.latency_s)
 
 
 def plan_persistent(batch: int, hidden: int, gates: int, dtype: torch.dtype, limits: DeviceLimits,
@@ -412,12 +341,12 @@ def plan_persistent(batch: int, hidden: int, gates: int, dtype: torch.dtype, lim
     """Tiling for ``(batch, hidden)``; :func:`coresidency_reason` may still refuse it.
 
     Among batch tiles ``block_b`` in {16, 32, 64} (not above ``batch`` rounded up) and hidden tiles
-    ``block_h`` (powers of two from 16), with U on chip where its tiles fit :attr:`DeviceLimits.onchip_budget`
-    and streamed otherwise, take the tiling whose grid fits one program per SM and whose programs read the
-    fewest bytes from L2 per step (:func:`_step_bytes`; ties: the smaller U slice, then fewer programs). If
-    no grid fits, the one with the fewest programs (which :func:`coresidency_reason` then refuses). On a
-    sequential device (the interpreter): one hidden tile, one batch tile of up to 64 rows.
-    Fields given in ``config`` are kept as given.
+    ``block_h`` in {16, 32}, with U on chip where its tiles fit :data:`ONCHIP_MAX_BYTES` (and the device's
+    shared memory) and streamed otherwise, warps by :func:`_warps`, take the tiling whose
+    grid fits one program per SM and whose forward and backward step is fastest under the cost model
+    (:func:`step_estimate`; ties: fewer programs). If no grid fits, the one with the fewest programs (which
+    :func:`coresidency_reason` then refuses). On a sequential device (the interpreter): one hidden tile, one
+    batch tile of up to 64 rows. Fields given in ``config`` are kept as given.
     """
     cfg = config or PersistentConfig()
     if batch < 1 or hidden < 1:
@@ -439,27 +368,33 @@ def plan_persistent(batch: int, hidden: int, gates: int, dtype: torch.dtype, lim
     elif limits.sequential:
         bhs = [h_pad]
     else:
-        bhs = [MIN_BLOCK << i for i in range(h_pad.bit_length()) if MIN_BLOCK << i <= h_pad]
+        bhs = [b for b in (MIN_BLOCK, 2 * MIN_BLOCK) if b <= max(MIN_BLOCK, min(h_pad, MAX_BLOCK_H))]
     bk = min(cfg.block_k, h_pad)
+    precision = cfg.dot_precision if elem == 4 else "tf32"
+    machine = CM.Machine(sms=max(1, limits.sm_count)) if limits.sm_count != CM.H200.sms else CM.H200
     best = None
     for bb in bbs:
         for bh in bhs:
             n = triton.cdiv(batch, bb) * triton.cdiv(hidden, bh)
             fits_grid = limits.sequential or n <= limits.sm_count
             for on_chip in ((cfg.u_on_chip,) if cfg.u_on_chip is not None else (True, False)):
-                smem = _smem_bytes(gates, h_pad, bb, bh, bk, elem, on_chip)
-                if on_chip and cfg.u_on_chip is None and smem > limits.onchip_budget:
+                warps = cfg.num_warps or _warps(bh, on_chip)
+                smem = _smem_bytes(gates, hidden, bb, bh, bk, elem, on_chip, cfg.num_stages)
+                if on_chip and cfg.u_on_chip is None and (
+                        smem > min(limits.onchip_budget, ONCHIP_MAX_BYTES + SMEM_SLACK) and not limits.sequential):
                     continue
-                cost = _step_bytes(gates, hidden, bb, bh, elem, on_chip)
-                key = (0, cost, bh, n) if fits_grid else (1, n, cost, bh)
+                plan = PersistentPlan(block_b=bb, block_h=bh, block_k=bk, n_b=triton.cdiv(batch, bb),
+                                      n_h=triton.cdiv(hidden, bh), u_on_chip=bool(on_chip), onchip_bytes=smem,
+                                      step_bytes=_step_bytes(gates, hidden, bb, bh, elem),
+                                      num_warps=warps, num_stages=cfg.num_stages)
+                seconds = sum(step_estimate(batch, hidden, gates, plan, elem, elem, precision, machine, bw).seconds
+                              for bw in (False, True))
+                key = (0, seconds, n) if fits_grid else (1, n, seconds)
                 if best is None or key < best[0]:
-                    best = (key, bb, bh, on_chip, smem, cost)
-    _, bb, bh, on_chip, smem, cost = best
-    return PersistentPlan(
-        block_b=bb, block_h=bh, block_k=h_pad if on_chip else bk, n_b=triton.cdiv(batch, bb),
-        n_h=triton.cdiv(hidden, bh), u_on_chip=bool(on_chip), onchip_bytes=smem, step_bytes=cost,
-        num_warps=cfg.num_warps,
-    )
+                    best = (key, plan)
+    if best is None:
+        raise ValueError(f"no persistent tiling for batch={batch}, hidden={hidden} with {cfg}")
+    return best[1]
 
 
 def coresidency_reason(plan: PersistentPlan, limits: DeviceLimits, steps: Optional[int] = None) -> str:
@@ -545,24 +480,47 @@ def suits(batch: int, hidden: int, device, *, dtype: torch.dtype = torch.float32
 # -------------------------------------------------------------------------------------- launch helpers
 
 
-def _flags(n_b: int, device) -> tuple:
-    """One zeroed int32 buffer (one fill launch): a barrier counter per batch tile, then the timeout flag."""
-    f = torch.zeros(n_b + 1, dtype=torch.int32, device=device)
-    return f[:n_b], f[n_b:]
+_ERROR_FLAGS = {}
 
 
-def _check_timeout(err: Tensor, check: str, what: str) -> None:
-    msg = (f"persistent {what} kernel: a grid barrier timed out (programs not co-resident, or the GPU is shared "
-           "with other work); its results are invalid. Use kernel='step'.")
+def error_flag(device) -> Tensor:
+    """The barrier-timeout flag of ``device``: one int32, zero until a program gives up waiting, allocated once
+    (outside any CUDA-graph capture: the graph wrapper's first, eager call comes first) so that a graph's
+    replays set the same flag the host reads."""
+    device = torch.device(device)
+    if device not in _ERROR_FLAGS:
+        _ERROR_FLAGS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _ERROR_FLAGS[device]
+
+
+def _counters(n_b: int, device) -> Tensor:
+    """Zeroed barrier counters, one per batch tile (one fill launch)."""
+    return torch.zeros(n_b, dtype=torch.int32, device=device)
+
+
+def check_timeout(device, check: str = "sync", what: str = "") -> None:
+    """Raise if a barrier of the last persistent launches on ``device`` timed out (and clear the flag, so the
+    next launch starts clean). A host read of one int32: no device-side assert, so the CUDA context stays
+    usable after the error. Skipped while a CUDA graph is captured (``GraphedKernels`` checks after each
+    replay)."""
     if check == "off":
         return
-    if check not in ("async", "sync"):
-        raise ValueError(f"check must be 'async', 'sync' or 'off', got {check!r}")
-    if check == "sync" or err.device.type != "cuda":
-        if int(err.item()):
-            raise RuntimeError(msg)
-    else:  # no host sync: a timeout surfaces as a device-side assert at the next synchronisation
-        torch._assert_async(err == 0, msg)
+    if check != "sync":
+        raise ValueError(f"check must be 'sync' or 'off', got {check!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    flag = error_flag(device)
+    if int(flag.item()):
+        flag.zero_()
+        raise RuntimeError(f"persistent {what + ' ' if what else ''}kernel: a grid barrier timed out (its programs "
+                           "were not all resident at once, or the GPU is shared with other work); its results are "
+                           "invalid. Use kernel='step'.")
+
+
+def after_replay(device) -> None:
+    """``GraphedKernels`` calls this after replaying a captured launch of this family."""
+    check_timeout(device, "sync", "(graph replay)")
 
 
 def forward_sequence(xproj: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, gates: Optional[Tensor], mode: int,
@@ -593,20 +551,23 @@ def forward_sequence(xproj: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, gates:
 def _launch_forward(xproj, w_hh, hs, cs, gates, mode, plan: PersistentPlan, cfg: PersistentConfig) -> None:
     """Launch the forward kernel with ``plan`` as given (no co-residency check: callers check first)."""
     steps, batch, _ = xproj.shape
+    hidden = w_hh.shape[1]
     save = gates is not None
-    sync, err = _flags(plan.n_b, xproj.device)
+    sync, err = _counters(plan.n_b, xproj.device), error_flag(xproj.device)
 
     def launch(pl: PersistentPlan):
         _persistent_fwd_kernel[(pl.n_h, pl.n_b)](
             xproj, w_hh, hs, cs, gates if save else cs, sync, err,
-            steps, batch, w_hh.shape[1], cfg.max_spins,
+            steps, batch, hidden, cfg.max_spins,
             MODE=mode, SAVE_GATES=save, U_ON_CHIP=pl.u_on_chip, PRECISION=cfg.dot_precision,
-            BLOCK_B=pl.block_b, BLOCK_H=pl.block_h, BLOCK_K=pl.block_k,
-            num_warps=pl.num_warps, num_stages=1,  # no software pipelining of loads across the grid barrier
+            BLOCK_B=pl.block_b, BLOCK_H=pl.block_h,
+            BLOCK_K=max(MIN_BLOCK, _pow2(hidden)) if pl.u_on_chip else pl.block_k,
+            # the pipeliner prefetches only within a step's reduction loop, never across the grid barrier
+            num_warps=pl.num_warps, num_stages=pl.num_stages,
         )
 
     _launch_or_stream(launch, plan, cfg)
-    _check_timeout(err, cfg.check, "forward")
+    check_timeout(xproj.device, cfg.check, "forward")
 
 
 def backward_sequence(d_out: Tensor, w_hh: Tensor, gates: Tensor, cs: Tensor, dzs: Tensor, dc: Tensor, mode: int,
@@ -640,21 +601,21 @@ def _launch_backward(d_out, w_hh, gates, cs, dzs, dc, mode, plan: PersistentPlan
                      dz_next, dh_last) -> None:
     """Launch the backward kernel with ``plan`` as given (no co-residency check: callers check first)."""
     steps, batch, hidden = d_out.shape
-    sync, err = _flags(plan.n_b, d_out.device)
+    sync, err = _counters(plan.n_b, d_out.device), error_flag(d_out.device)
     has_next = dz_next is not None
 
     def launch(pl: PersistentPlan):
         _persistent_bwd_kernel[(pl.n_h, pl.n_b)](
-            d_out[steps - 1], w_hh, gates[steps - 1], cs[steps], dzs[steps - 1], dc,
+            d_out, w_hh, gates, cs, dzs, dc,
             dz_next if has_next else dc, dh_last if not has_next else dc, sync, err,
             steps, batch, hidden, cfg.max_spins,
-            MODE=mode, HAS_NEXT=has_next, U_ON_CHIP=pl.u_on_chip, PRECISION=cfg.dot_precision,
+            MODE=mode, HAS_NEXT=has_next, PRECISION=cfg.dot_precision,
             BLOCK_B=pl.block_b, BLOCK_H=pl.block_h, BLOCK_K=pl.block_k,
-            num_warps=pl.num_warps, num_stages=1,
+            num_warps=pl.num_warps, num_stages=pl.num_stages,
         )
 
     _launch_or_stream(launch, plan, cfg)
-    _check_timeout(err, cfg.check, "backward")
+    check_timeout(d_out.device, cfg.check, "backward")
 
 
 def _launch_or_stream(launch, plan: PersistentPlan, cfg: PersistentConfig) -> None:
@@ -671,6 +632,7 @@ def _launch_or_stream(launch, plan: PersistentPlan, cfg: PersistentConfig) -> No
 
 __all__ = [
     "forward_sequence", "backward_sequence", "suits", "unsuitable_reason", "plan_persistent", "coresidency_reason",
-    "device_limits", "DeviceLimits", "PersistentConfig", "PersistentPlan", "INTERPRETER_LIMITS",
+    "device_limits", "DeviceLimits", "PersistentConfig", "PersistentPlan", "INTERPRETER_LIMITS", "check_timeout",
+    "after_replay", "error_flag", "step_estimate",
     "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC",
 ]

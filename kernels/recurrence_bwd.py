@@ -28,39 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TileConfig, Tiles, arrive, cell_backward, dot_precision, num_gates, split_range
-
-
-@triton.jit
-def _epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE: tl.constexpr,
-              G: tl.constexpr):
-    """Gate derivatives of one ``(rows, units)`` tile given ``dh`` (all paths but ``d_out[t]``)."""
-    mu = units < H
-    m2 = mb[:, None] & mu[None, :]
-    bh = B * H
-    gh = G * H
-    hc = rb[:, None] * H + units[None, :]
-    dh = dh + tl.load(dout_ptr + t64 * bh + hc, mask=m2, other=0.0).to(tl.float32)
-    row = rb[:, None] * gh + units[None, :]
-    gp = gates_ptr + t64 * B * gh + row
-    a0 = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-    a1 = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
-    a2 = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-    a3 = a2  # unused in the tied mode (three gate blocks)
-    if G == 4:
-        a3 = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
-    c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
-    c = tl.load(cs_ptr + (t64 + 1) * bh + hc, mask=m2, other=0.0)
-    dc = tl.load(dc_ptr + hc, mask=m2, other=0.0)
-    dz0, dz1, dz2, dz3, dc_prev = cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
-    tl.store(dc_ptr + hc, dc_prev, mask=m2)
-    dzp = dz_ptr + t64 * B * gh + row
-    ty = dz_ptr.dtype.element_ty
-    tl.store(dzp, dz0.to(ty), mask=m2)
-    tl.store(dzp + H, dz1.to(ty), mask=m2)
-    tl.store(dzp + 2 * H, dz2.to(ty), mask=m2)
-    if G == 4:
-        tl.store(dzp + 3 * H, dz3.to(ty), mask=m2)
+from .common import TileConfig, Tiles, arrive, backward_epilogue, dot_precision, num_gates, split_range
 
 
 @triton.jit(do_not_specialize=["t", "tn"])
@@ -105,7 +73,7 @@ def _bwd_step_kernel(
         else:
             hc = rb[:, None] * H + rh[None, :]
             dh = tl.load(dh_in_ptr + hc, mask=mb[:, None] & mh[None, :], other=0.0)
-        _epilogue(dh, rb, mb, rh, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
+        backward_epilogue(dh, rb, mb, rh, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
     elif last:
         tl.debug_barrier()  # this program's own partial stores, from all its threads, come first
         for u0 in range(0, BLOCK_H, EPI_H):
@@ -118,7 +86,7 @@ def _bwd_step_kernel(
                     dh += tl.load(ws_ptr + s * bh + hc, mask=m2, other=0.0, cache_modifier=".cg")
             else:
                 dh = tl.load(dh_in_ptr + hc, mask=m2, other=0.0)
-            _epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
+            backward_epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
 
 
 def backward_grid(batch: int, hidden: int, tiles: Tiles, has_next: bool = True) -> tuple:

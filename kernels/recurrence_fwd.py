@@ -25,40 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, cell_forward, dot_precision,
-                     num_gates, split_gates, split_range)
-
-
-@triton.jit
-def _epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr, G: tl.constexpr,
-              SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, EPI_H: tl.constexpr):
-    """Gate math of units ``u0 .. u0 + EPI_H`` from their gate-minor pre-activations ``acc`` (without xproj)."""
-    a0, a1, a2, a3 = split_gates(acc, BLOCK_B, EPI_H)
-    rh = u0 + tl.arange(0, EPI_H)
-    m2 = mb[:, None] & (rh < H)[None, :]
-    bh = B * H
-    gh = G * H
-    row = rb[:, None] * gh + rh[None, :]  # gate block 0 of (b, j) in a (B, G*H) step
-    xp = xp_ptr + t64 * B * gh
-    z0 = a0 + tl.load(xp + row, mask=m2, other=0.0).to(tl.float32)
-    z1 = a1 + tl.load(xp + row + H, mask=m2, other=0.0).to(tl.float32)
-    z2 = a2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
-    z3 = a3
-    if G == 4:
-        z3 = a3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
-    hc = rb[:, None] * H + rh[None, :]
-    c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
-    h, c, g0, g1, g2, g3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
-    tl.store(cs_ptr + (t64 + 1) * bh + hc, c, mask=m2)
-    tl.store(hs_ptr + (t64 + 1) * bh + hc, h.to(hs_ptr.dtype.element_ty), mask=m2)
-    if SAVE_GATES:
-        gp = gates_ptr + t64 * B * gh + row
-        ty = gates_ptr.dtype.element_ty
-        tl.store(gp, g0.to(ty), mask=m2)
-        tl.store(gp + H, g1.to(ty), mask=m2)
-        tl.store(gp + 2 * H, g2.to(ty), mask=m2)
-        if G == 4:
-            tl.store(gp + 3 * H, g3.to(ty), mask=m2)
+from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, dot_precision,
+                     forward_epilogue, num_gates, split_range)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -94,7 +62,7 @@ def _fwd_step_kernel(
         acc = tl.dot(hk, w, acc, input_precision=PRECISION)
 
     if DIRECT:
-        _epilogue(acc, rb, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
+        forward_epilogue(acc, rb, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
                   BLOCK_B, BLOCK_H)
     else:  # partials -> workspace (SPLIT_K, B, 4 H), gate-minor like the accumulator
         wide = 4 * H
@@ -113,7 +81,7 @@ def _fwd_step_kernel(
                 z = tl.zeros((BLOCK_B, 4 * EPI_H), dtype=tl.float32)
                 for s in range(SPLIT_K):
                     z += tl.load(part + s * (B * wide), mask=m, other=0.0, cache_modifier=".cg")
-                _epilogue(z, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
+                forward_epilogue(z, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
                           BLOCK_B, EPI_H)
 
 

@@ -24,6 +24,7 @@ from .cost_model import H200, LaunchEstimate, Machine, ctas_per_sm, gemm_launch,
 
 MAX_ACC_PER_THREAD = 64   # fp32 accumulator values per thread during the reduction
 EPI_PER_THREAD = 8        # values per thread of one gate's epilogue tile (about a dozen such tiles are live)
+EPI_PER_THREAD_FP32 = 4   # exact fp32 dots run on the CUDA cores with both operands in registers: less room
 PLANNER_REGS = 128        # registers per thread the occupancy estimate assumes
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 
@@ -108,10 +109,12 @@ def _candidates(batch: int, hidden: int, gates: int, elem: int, backward: bool) 
                         continue
                     # an epilogue tile holds EPI_PER_THREAD values per thread and gate: straight from the
                     # accumulator when that fits, else in sub-tiles through the workspace
-                    direct_ok = bb * bh / threads <= EPI_PER_THREAD
-                    epi = bh if direct_ok else max(1, min(bh, (EPI_PER_THREAD * threads) // bb))
+                    epi_cap = EPI_PER_THREAD if elem == 2 else EPI_PER_THREAD_FP32
+                    direct_ok = bb * bh / threads <= epi_cap
+                    epi = bh if direct_ok else max(1, min(bh, (epi_cap * threads) // bb))
                     for s in SPLITS:
-                        if s > 1 and s > math.ceil(length / bk):
+                        # exact fp32 dots (CUDA cores) gain little from deep splits, and 8 of them spilled (sm_90)
+                        if s > 1 and (s > math.ceil(length / bk) or (elem == 4 and s > 4)):
                             break
                         yield Tiles(bb, bh, bk, s, warps, 3, epi)
 

@@ -124,9 +124,23 @@ def mma_summary(ptx: str) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
-def compile_launch(fn: JITFunction, args, kwargs, capability: int) -> Dict:
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def compile_launch(fn: JITFunction, args, kwargs, capability: int, keep_ptx: bool = False) -> Dict:
     """Compile one recorded launch for ``sm_<capability>`` the way ``JITFunction.run`` would on that GPU, and
-    read registers, spills and stack from ptxas's log, shared memory from the kernel, MMAs from its PTX."""
+    read registers, spills and stack from ptxas's log, shared memory from the kernel, MMAs from its PTX
+    (returned too with ``keep_ptx``)."""
     target = GPUTarget("cuda", capability, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
@@ -135,11 +149,14 @@ def compile_launch(fn: JITFunction, args, kwargs, capability: int) -> Dict:
     options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, specialization, options)
     triton.knobs.nvidia.dump_ptxas_log = True
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    # a cache of its own: a cached kernel would skip ptxas, and its log with it
+    with tempfile.TemporaryDirectory() as cache, _env("TRITON_CACHE_DIR", cache), contextlib.redirect_stdout(log):
         kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     fields = _ptxas_fields(log.getvalue())
     fields.update(shared_bytes=int(kernel.metadata.shared), mma=mma_summary(kernel.asm["ptx"]),
                   num_warps=int(kernel.metadata.num_warps))
+    if keep_ptx:
+        fields["ptx"] = kernel.asm["ptx"]
     return fields
 
 
@@ -345,9 +362,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, dtypes, families, configs = parse_args(argv)
     arch = ARCHS[args.arch]
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TRITON_CACHE_DIR"] = cache  # a fresh cache: ptxas runs (and logs) for every kernel
-        rows = report(configs, dtypes, arch, families, args.mode)
+    rows = report(configs, dtypes, arch, families, args.mode)
     text = markdown(rows)
     print(f"kernel report: triton {triton.__version__}, {arch.name}, mode {args.mode} (compile data; "
           f"est_ms_fwd_bwd is a roofline ESTIMATE, cudnn_ms a measurement)\n")
