@@ -58,10 +58,17 @@ def test_extras_hold_what_the_jobs_and_tests_need():
     test = extras.requirements("test")
     assert set(train) | {"matplotlib", "pytest", "ruff"} <= set(test)  # urlstm-triton[train,plots] expanded
     assert set(test) <= set(extras.requirements("all"))
-    # extras.py evaluates no marker but the extra's own: keep the extras free of others
-    for line in metadata.requires("urlstm-triton"):
-        if "extra ==" in line:
-            assert re.fullmatch(r"[^;]+; extra == \"\w+\"", line), line
+
+
+def test_requirement_markers_are_evaluated_here(monkeypatch):
+    declared = ['triton>=3.0; platform_system == "Nowhere"', "numpy", "torch>=2.4",
+                'foo; sys_platform == "nowhere" and extra == "train"', 'bar>=1; extra == "train"',
+                'urlstm-triton[train]; extra == "all"']
+    monkeypatch.setattr(extras.metadata, "requires", lambda name: declared)
+    assert extras.requirements(None) == ["numpy", "torch"]
+    assert extras.requirements("train") == ["bar"]
+    assert extras.requirements("all") == ["bar"]
+    assert extras.requirements("plots") == []
 
 
 CORE_IMPORT = textwrap.dedent("""

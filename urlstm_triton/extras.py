@@ -8,8 +8,9 @@ deep inside a job, or half-way through a run when a lazily imported module turns
 
 What an extra holds is read from the installed distribution's metadata (written from pyproject.toml, which so
 stays the only list); an extra that names ``urlstm-triton[...]`` (``test``, ``all``) includes those extras. A
-source tree used without installing it has no metadata: then nothing is checked. Requirement markers other than
-``extra == ...`` are not evaluated (no extra has one; tests/test_packaging.py keeps it so).
+source tree used without installing it has no metadata: then nothing is checked. The rest of a requirement's
+marker (``platform_system == 'Linux'``, ...) is evaluated with the ``packaging`` library where it is installed (the
+``test`` extra has it); a core-only install, without it, takes such a requirement as applying.
 
 ``python -m urlstm_triton.extras EXTRA ...`` imports every module of every distribution that the core and those
 extras require, and fails naming the ones that do not import: ``scripts/setup.sh``'s last step.
@@ -32,6 +33,15 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _holds_here(marker: str, extra: str) -> bool:
+    """Whether a requirement's marker holds in this environment (for the extra the line belongs to)."""
+    try:
+        from packaging.markers import Marker
+    except ImportError:
+        return True
+    return Marker(marker).evaluate({"extra": extra})
+
+
 def requirements(extra: Optional[str] = None) -> List[str]:
     """Distribution names the installed urlstm-triton requires: the core ones (``extra=None``) or those of
     ``extra``, with the extras it includes. [] when urlstm-triton is not installed."""
@@ -44,6 +54,8 @@ def requirements(extra: Optional[str] = None) -> List[str]:
         spec, _, marker = requirement.partition(";")
         extras_of_line = _EXTRA.findall(marker)
         if (extra is None and extras_of_line) or (extra is not None and extra not in extras_of_line):
+            continue
+        if marker.strip() and not _holds_here(marker, extra or ""):
             continue
         name, included = _REQUIREMENT.match(spec).groups()
         if _canonical(name) == DISTRIBUTION:  # urlstm-triton[train,plots]: those extras' requirements
