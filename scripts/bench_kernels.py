@@ -46,13 +46,15 @@ CHECK_TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}  # issue 3's targets (fp1
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated names from {list(CONFIGS) + list(LONG_CONFIGS)} ('' for none)")
     p.add_argument("--config", action="append", default=[], metavar="T,B,I,H", help="an extra config (repeatable)")
     p.add_argument("--dtypes", default="bf16,fp32", help="comma-separated from bf16, fp16, fp32")
     p.add_argument("--impls", default="triton,reference,nn.LSTM",
-                   help="comma-separated from triton, reference, nn.LSTM (chunked/graph variants via --chunk/--cuda-graph)")
+                   help="comma-separated from triton, reference, nn.LSTM "
+                        "(chunked/graph variants via --chunk/--cuda-graph)")
     p.add_argument("--chunk", type=int, action="append", default=[], metavar="K",
                    help="also time triton with chunk_size=K (repeatable)")
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
@@ -245,7 +247,7 @@ def bench_one(impl: str, dims, dtype, device, args) -> Dict:
     if not args.no_fwd_only:
         res["fwd"] = time_fn(fwd, device, warmup, args.min_time, args.max_reps)
         res["peak_mib_fwd"] = peak_mib(fwd, device)
-    del model, x, grad
+    model = x = grad = None  # free the memory before empty_cache (fwd_bwd and fwd share these cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -262,7 +264,8 @@ def render_table(results: List[Dict]) -> str:
     for r in results:
         key = (r["config"], r["dtype"])
         if "fwd_bwd" not in r:
-            rows.append((r["config"], r["dtype"], r["impl"], "-", "-", "-", "-", "-", "skipped: " + r.get("skipped", "?")))
+            rows.append((r["config"], r["dtype"], r["impl"], "-", "-", "-", "-", "-",
+                         "skipped: " + r.get("skipped", "?")))
             continue
         t = r["fwd_bwd"]["median_ms"]
         lstm = by_key.get(key + ("nn.LSTM",))

@@ -42,7 +42,8 @@ def test_bench_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys):
     line = next(l for l in table.splitlines() if " fp32 " in l and " reference " in l)
     assert line.split()[0] == "T3-B2-I4-H8"
     # the reference row's ratio against nn.LSTM is its time over nn.LSTM's
-    ref_ms, lstm_ms = rows[("fp32", "reference")]["fwd_bwd"]["median_ms"], rows[("fp32", "nn.LSTM")]["fwd_bwd"]["median_ms"]
+    ref_ms = rows[("fp32", "reference")]["fwd_bwd"]["median_ms"]
+    lstm_ms = rows[("fp32", "nn.LSTM")]["fwd_bwd"]["median_ms"]
     assert f"{ref_ms / lstm_ms:.3g}" in line
     # --summarize re-prints a saved report (what scripts/gpu_check.sh ends with); a missing file is named
     assert bench.main(["--summarize", str(tmp_path / "missing.json"), str(path)]) == 0

@@ -108,7 +108,8 @@ def _oracle_grads(spec, ps, flip_block=None):
         z = xproj[t] + h @ w_hh.t()
         if flip_block is not None:
             q = flip_block
-            z.register_hook(lambda g, q=q: torch.cat([g[..., :q * H], -g[..., q * H:(q + 1) * H], g[..., (q + 1) * H:]], -1))
+            z.register_hook(lambda g, q=q: torch.cat([g[..., :q * H], -g[..., q * H:(q + 1) * H],
+                                                      g[..., (q + 1) * H:]], -1))
         h, c = cell_update(z, c, spec)
         outs.append(h)
     weights = torch.linspace(-1, 1, x.shape[0] * x.shape[1] * H, dtype=torch.float64).view(x.shape[0], x.shape[1], H)

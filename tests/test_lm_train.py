@@ -49,7 +49,8 @@ def test_resume_continues_at_the_next_step_with_identical_data_and_state(tmp_pat
     assert "continuing at step 6" in caplog.text
     assert train_curve(run) == train_curve(ref)
     assert_same_state(load_ckpt(checkpoints(run)[-1]), load_ckpt(checkpoints(ref)[-1]))
-    assert json.loads((run / "summary.json").read_text())["eval"] == json.loads((ref / "summary.json").read_text())["eval"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"] == json.loads((ref / "summary.json").read_text())["eval"]
 
 
 def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes_exactly(tmp_path, corpus):

@@ -128,8 +128,8 @@ def test_vision_real_mnist_5k_smoke(tmp_path, monkeypatch):
         pytest.skip("no mnist-5k")
     # the preset's data/... path is found relative to the project root from any working directory
     monkeypatch.chdir(tmp_path)
-    s = vision_job.main(["--preset", "smnist-tiny", "--steps", "2", "--max_test", "50", "--hidden", "4", "--variant", "lstm",
-                         "--run.dir", str(tmp_path / "r")] + QUIET)
+    s = vision_job.main(["--preset", "smnist-tiny", "--steps", "2", "--max_test", "50", "--hidden", "4",
+                         "--variant", "lstm", "--run.dir", str(tmp_path / "r")] + QUIET)
     assert s["train_images"] == 4000 and s["test_images"] == 50 and s["task"] == "smnist"
 
 

@@ -7,8 +7,9 @@
 
 Everything but the command line lives in ``urlstm_triton.tasks.synthetic_job``.
 """
-from urlstm_triton.tasks.synthetic_job import main
-from urlstm_triton.training import run_main
+# urlstm_triton.cli.synthetic is also the console script urlstm-synthetic: it first checks that the train extra is
+# installed (one line saying what to install, exit status 2, if not), then runs the job.
+from urlstm_triton.cli import synthetic
 
 if __name__ == "__main__":
-    run_main(main)
+    synthetic()

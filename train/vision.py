@@ -8,8 +8,9 @@ permutation), sequential CIFAR-10.
 
 Everything but the command line lives in ``urlstm_triton.tasks.vision_job``.
 """
-from urlstm_triton.tasks.vision_job import main
-from urlstm_triton.training import run_main
+# urlstm_triton.cli.vision is also the console script urlstm-vision: it first checks that the train extra is
+# installed (one line saying what to install, exit status 2, if not), then runs the job.
+from urlstm_triton.cli import vision
 
 if __name__ == "__main__":
-    run_main(main)
+    vision()

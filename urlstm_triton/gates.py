@@ -53,7 +53,9 @@ class GateSpec:
     def block_names(self) -> tuple:
         if self.classic:
             return ("i", "f", "g", "o")
-        return ("f", "r", "u", "o") if self.aux == "R" else (("f", "m", "u", "o") if self.aux == "M" else ("f", "u", "o"))
+        if self.aux == "-":
+            return ("f", "u", "o")
+        return ("f", "r" if self.aux == "R" else "m", "u", "o")
 
 
 def parse_gate(gate) -> GateSpec:

@@ -8,9 +8,9 @@ Two functions compute the same thing:
   written out as backpropagation through time: the recurrent GEMMs are explicit, so ``dW_hh`` is one GEMM
   over all steps after the loop instead of a ``(4H, H)`` accumulation per step (that accumulation made
   autograd's loop 3-5x slower than ``nn.LSTM`` on a CPU). For the elementwise variants (tied, refine,
-  classic) the cell's backward is in closed form (DESIGN.md's step formulas) from the activated gates saved
-  in forward, so the reverse loop is five small ops and one GEMM per step; the cumax variants let autograd
-  differentiate :func:`cell_update` step by step from saved pre-activations. Without anything to
+  classic) the cell's backward is in closed form (docs/design.md, "Backward of one step") from the activated
+  gates saved in forward, so the reverse loop is five small ops and one GEMM per step; the cumax variants let
+  autograd differentiate :func:`cell_update` step by step from saved pre-activations. Without anything to
   differentiate, the loop saves nothing and reuses one step's buffers.
 
 On a CPU in float32 the large GEMMs (input projection, ``dx``, ``dW``) and the per-step GEMMs go through
@@ -234,7 +234,7 @@ def _elementwise_factors(gates: Tensor, c_prev: Tensor, tanh_c: Tensor, spec: Ga
 
     so the factors ``k`` (``K, B, G, H``, with ``dz_o``'s factor in the last block), ``o (1 - tanh(c)^2)``
     and ``carry`` are computed here as a few large vectorised ops, leaving the time loop with five small
-    ones. Formulas (DESIGN.md, "Backward of one step")::
+    ones. Formulas (docs/design.md, "Backward of one step")::
 
         tied   f, u:     k_f = (c_prev - u) f (1 - f)          k_u = (1 - f)(1 - u^2)          carry = f
         refine f, r, u:  g = f^2 + 2 r f (1 - f)

@@ -135,7 +135,8 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
         has_data = any("train_images" in r for r in group)
         reach = [f"first step with {target[0]} {'≥' if target[0] in HIGHER_IS_BETTER else '≤'} "
                  f"{_fmt(target[1], target[0])}"] if target else []
-        head = ["variant", "setup", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + reach + \
+        head = ["variant", "setup", "steps"] + [f"final {m}" for m in metrics] + \
+               [f"best {m} (step)" for m in metrics] + reach + \
                (["data (train/test)"] if has_data else []) + ["wall", "throughput", "run"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
