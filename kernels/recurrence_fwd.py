@@ -62,8 +62,8 @@ def _fwd_step_kernel(
         acc = tl.dot(hk, w, acc, input_precision=PRECISION)
 
     if DIRECT:
-        forward_epilogue(acc, rb, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
-                  BLOCK_B, BLOCK_H)
+        forward_epilogue(acc, rb, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G,
+                         SAVE_GATES, BLOCK_B, BLOCK_H)
     else:  # partials -> workspace (SPLIT_K, B, 4 H), gate-minor like the accumulator
         wide = 4 * H
         tl.store(ws_ptr + pid_s * (B * wide) + rb[:, None] * wide + (pid_h * 4 * BLOCK_H + col)[None, :], acc,
@@ -82,7 +82,7 @@ def _fwd_step_kernel(
                 for s in range(SPLIT_K):
                     z += tl.load(part + s * (B * wide), mask=m, other=0.0, cache_modifier=".cg")
                 forward_epilogue(z, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
-                          BLOCK_B, EPI_H)
+                                 BLOCK_B, EPI_H)
 
 
 def forward_grid(batch: int, hidden: int, tiles: Tiles) -> tuple:

@@ -1,7 +1,7 @@
 """Benchmark the fused Triton UR-LSTM against the reference loop and cuDNN nn.LSTM, side by side in one run.
 
-For each config (``urlstm_triton.benchmarks.CONFIGS``, or ``--config T,B,I,H``) and dtype: median time of forward+backward and of
-forward only (no grad), and peak memory of one forward+backward (CUDA), for
+For each config (``urlstm_triton.benchmarks.CONFIGS``, or ``--config T,B,I,H``) and dtype: median time of
+forward+backward and of forward only (no grad), and peak memory of one forward+backward (CUDA), for
 
 - ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)

@@ -51,7 +51,8 @@ def test_the_version_is_written_once():
 
 
 def test_extras_hold_what_the_jobs_and_tests_need():
-    assert extras.requirements(None) == ["torch", "triton", "numpy"]
+    # filelock: the kernel self-check cache's lock (torch depends on it as well)
+    assert extras.requirements(None) == ["torch", "triton", "numpy", "filelock"]
     train = extras.requirements("train")
     assert {"accelerate", "datasets", "sentencepiece", "tensorboard", "tqdm", "pyyaml"} <= set(train)
     assert extras.requirements("plots") == ["matplotlib"]

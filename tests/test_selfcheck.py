@@ -252,7 +252,8 @@ def test_out_of_memory_during_the_check_is_inconclusive(monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
 
     monkeypatch.setattr(parity, "measure", oom)
-    with pytest.raises(selfcheck.Inconclusive, match="planned tiles .*memory is full: OutOfMemoryError: CUDA out of memory"):
+    with pytest.raises(selfcheck.Inconclusive,
+                       match="planned tiles .*memory is full: OutOfMemoryError: CUDA out of memory"):
         selfcheck.run_checks("cpu", MODE_REFINE, torch.float32)
 
 

@@ -27,7 +27,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.wheel
 
-CORE = ("torch", "triton", "numpy")
+CORE = ("torch", "triton", "numpy", "filelock")  # filelock: the self-check cache's lock (a torch dependency too)
 NOT_IN_CORE = ("accelerate", "datasets", "sentencepiece", "tensorboard", "tqdm", "yaml", "matplotlib")
 SOURCE_IGNORE = shutil.ignore_patterns(".git", ".venv", "runs", ".cache", "build", "dist", "*.egg-info",
                                        "__pycache__", ".pytest_cache", "outputs", "data", "results")

@@ -319,8 +319,10 @@ def self_check_table(rows: List[Dict]) -> str:
 
 def timing_table(rows: List[Dict]) -> str:
     out = [["shape (fwd+bwd)", "dtype", "kernel='auto' takes", "URLSTM ms", "nn.LSTM ms", "URLSTM / nn.LSTM"]]
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}"
+
     for r in rows:
-        fmt = (lambda v: "-" if v is None else f"{v:.2f}")
         out.append([r["shape"], r["dtype"], r["auto_kernel"], fmt(r.get("urlstm_ms")), fmt(r.get("lstm_ms")),
                     fmt(r.get("ratio")) + (f"  ({r['error']})" if r.get("error") else "")])
     return _table(out)
