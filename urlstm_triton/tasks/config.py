@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..functional import BACKENDS
+from ..options import BACKENDS
 from ..gates import ALL_VARIANTS
 from ..training.config import ConfigError, opt
 from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from ..functional import KERNELS
+from ..options import KERNELS
 from .config import ConfigError
 
 CHUNK_HELP = ("Triton backend: kernel chunks for long sequences: none (save every step: fastest), K (save only "
