@@ -65,7 +65,8 @@ def load_ckpt(path: Path) -> dict:
     from safetensors.torch import load_file
 
     load = lambda name: torch.load(path / name, weights_only=False)  # noqa: E731
-    return {"model": load_file(path / "model.safetensors"), "optimizer": load("optimizer.bin"),
+    model = {k: v.clone() for k, v in load_file(path / "model.safetensors").items()}  # not a view of the file
+    return {"model": model, "optimizer": load("optimizer.bin"),
             "scheduler": load("scheduler.bin"), "guard": load("custom_checkpoint_0.pkl"),
             "trainer": load("custom_checkpoint_1.pkl"), "rng": load("random_states_0.pkl"),
             "rank000": load("rank000.pt")}
