@@ -75,7 +75,7 @@ def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes
     from urlstm_triton.lm.sampling import load_run_model
 
     model, _, _ = load_run_model(tmp_path / "ref")  # a DDP run's weights load into the plain model (generate.py)
-    assert torch.equal(model.rnn.weight_hh_l0, load_ckpt(last)["model"]["module.rnn.weight_hh_l0"])
+    assert torch.equal(model.rnn.weight_hh_l0, load_ckpt(last)["model"]["rnn.weight_hh_l0"])
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["units_seen"] == 4 * 8 * 6  # global batch x bptt x steps
     # SIGKILL both processes after step 3, resume: the same end state on every rank as the uninterrupted run

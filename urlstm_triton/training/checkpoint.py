@@ -56,15 +56,11 @@ def load_torch(path) -> Any:
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint) -> None:
-    """The weights of a checkpoint into an unwrapped ``model`` (for sampling; tied weights are restored as tied)."""
-    from safetensors import safe_open
+    """The weights of a checkpoint into an unwrapped ``model`` (for sampling; tied weights are restored as tied;
+    a DDP run's file holds the unwrapped names too)."""
     from safetensors.torch import load_model
 
-    path = str(Path(checkpoint) / MODEL_FILE)
-    with safe_open(path, "pt") as fh:
-        wrapped = all(k.startswith("module.") for k in fh.keys())
-    # a DDP run saves its wrapper's state dict (keys "module.<name>"): load through a holder with that layout
-    load_model(torch.nn.ModuleDict({"module": model}) if wrapped else model, path)
+    load_model(model, str(Path(checkpoint) / MODEL_FILE))
 
 
 class CheckpointManager:
