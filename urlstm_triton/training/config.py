@@ -30,12 +30,14 @@ from .errors import ConfigError
 _DEST = "cfg"
 
 
-def opt(default=MISSING, help: str = "", resume_safe: bool = False, parse=None, default_factory=MISSING):
+def opt(default=MISSING, help: str = "", resume_safe: bool = False, parse=None, metavar: str = "",
+        default_factory=MISSING):
     """A config field with a help text, whether changing it keeps checkpoints valid, and optionally ``parse``,
-    the function that reads its value from text (for unions such as ``chunk_size``; see :func:`optional`)."""
+    the function that reads its value from text (for unions such as ``chunk_size``; see :func:`optional`), and
+    the ``metavar`` that stands for its value in ``--help``."""
     meta = {"help": help, "resume_safe": resume_safe}
     if parse is not None:
-        meta["custom_args"] = {"type": _reader(parse)}
+        meta["custom_args"] = {"type": _reader(parse), "metavar": metavar or getattr(parse, "metavar", "VALUE")}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -58,7 +60,7 @@ def optional(parse):
     """The text parser of an ``Optional[...]`` field: ``none``/``null`` -> None, anything else -> ``parse``."""
     def read(text):
         return None if str(text).strip().lower() in ("none", "null") else parse(text)
-    read.__name__ = getattr(parse, "__name__", "value")
+    read.metavar = f"{parse.__name__}|none"
     return read
 
 
@@ -99,7 +101,7 @@ def _parser(cls, prog: str, presets: Dict[str, dict]):
         description="Options are applied in order: defaults, --preset (--run.preset), --config FILE.yaml, the "
                     "command line. Presets: " + (", ".join(presets) or "none"),
     )
-    parser.add_argument("--config", help="a YAML file of settings ({section: {field: value}} or section.field: value)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of settings ({section: {field: value}} or section.field: value)")
     parser.add_arguments(cls, dest=_DEST)
     parser.parse_known_args([])  # builds the option table (simple-parsing adds the fields on first use)
     return parser

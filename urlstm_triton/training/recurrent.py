@@ -48,7 +48,8 @@ class RecurrentConfig:
                                    "and the two below do not apply to lstm)", resume_safe=True)
     chunk_size: ChunkSize = opt(None, "Triton backend: kernel chunks for long sequences: none (save every step: "
                                       "fastest), K (save every K-th state, recompute in backward), or auto (from "
-                                      "free GPU memory)", resume_safe=True, parse=parse_chunk_size)
+                                      "free GPU memory)", resume_safe=True, parse=parse_chunk_size,
+                                metavar="none|auto|K")
     kernel: Kernel = opt("auto", "Triton backend: kernel family (auto; step: one launch per step; persistent: one "
                                  "launch per chunk)", resume_safe=True)
     forget_bias: Optional[float] = opt(None, "forget-gate bias of the standard init ('-' variants) and of lstm/classic "
