@@ -35,7 +35,7 @@ def test_bad_options_are_refused_naming_the_field(changes, exc, words):
 def test_options_are_frozen_and_list_only_what_differs():
     opts = LayerOptions(backend="triton", chunk_size=64, kernel="step")
     assert opts.kernel_options() == {"kernel": "step", "chunk_size": 64}
-    assert LayerOptions().kernel_options() == {} and opts.without_kernel_options() == LayerOptions("triton")
+    assert LayerOptions().kernel_options() == {}
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.chunk_size = 3
     assert make_options(opts, chunk_size="auto").chunk_size == "auto" and opts.chunk_size == 64

@@ -139,6 +139,9 @@ def test_world_size_mismatch_is_refused(tmp_path):
     manifest["world_size"] = 2
     with pytest.raises(IncompatibleCheckpoint, match="written by 2 processes"):
         s.m.check_compatible(path, manifest)
+    manifest["format"] = 1  # our own files before save_state (model.pt, trainer.pt): not read
+    with pytest.raises(IncompatibleCheckpoint, match="has format 1, this code reads 2"):
+        s.m.check_compatible(path, manifest)
 
 
 def test_warmup_cosine_factor():

@@ -89,9 +89,6 @@ class LayerOptions:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name != "backend" and getattr(self, f.name) != f.default}
 
-    def without_kernel_options(self) -> "LayerOptions":
-        return LayerOptions(backend=self.backend)
-
 
 NAMES = tuple(f.name for f in fields(LayerOptions))
 KERNEL_OPTION_NAMES = NAMES[1:]

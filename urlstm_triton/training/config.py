@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -185,7 +186,7 @@ def _parse(parser, cls, argv: List[str], source: str, renamed: Dict[str, str]):
         names = (e.argument_name or "").split("/")
         name = max(names, key=lambda n: n.count("."))  # the --section.field spelling
         raise ConfigError(f"{source}{name}: {e.message}") from None
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # the library's own complaints about a value
+    except (ValueError, TypeError) as e:  # the library's own complaints about a value
         raise ConfigError(f"{source}{e}") from None
     if extra:
         err = _unknown(cls, extra, renamed)
@@ -198,8 +199,6 @@ def read_config(cls, argv: Optional[Sequence[str]] = None, presets: Optional[Dic
     """``(config, keys)``: ``cls`` from defaults, preset, YAML file and command line (see the module docstring),
     validated, and the dotted keys the command line itself set (a job may let those win over what a preset
     implies). ``--help`` prints every option and exits. The preset's name lands in ``run.preset`` if present."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     presets = presets or {}
     renamed = getattr(cls, "RENAMED", {})

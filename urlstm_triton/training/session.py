@@ -15,6 +15,7 @@ stderr and an exit status: 2 for bad config/data, 3 for a non-finite stop, 128+N
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,12 +36,12 @@ def progress_bars(wanted: bool) -> bool:
 
 
 def _quiet_library_bars() -> None:
-    """No progress bars from the data libraries (``datasets.map`` while tokenising) either."""
-    try:
-        import datasets
-    except ImportError:
-        return
-    datasets.disable_progress_bars()
+    """No progress bars from the data libraries (``datasets.map`` while tokenising) either; without importing
+    ``datasets`` for the jobs that never use it."""
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
 
 
 class _TqdmHandler(logging.StreamHandler):
