@@ -19,12 +19,12 @@ contiguous and on the same device; the helpers launch work asynchronously and re
     hs     (K+1, B, H)   compute dtype, in/out: caller sets ``hs[0] = h_{start-1}``; the helper writes
                          ``hs[1:]`` = h of every step.
     cs     (K+1, B, H)   fp32, in/out: caller sets ``cs[0]``; the helper writes ``cs[1:]``.
-    gates  (K, B, G*H)   fp32, out, or None: the activated gates of every step, in gate-block order
-                         (``f,u,o`` / ``f,r,u,o`` / ``i,f,g,o``); None = do not save (inference, or
-                         the forward pass of a chunked recurrence).
+    gates  (K, B, G*H)   fp32 or the compute dtype, out, or None: the activated gates of every step, in
+                         gate-block order (``f,u,o`` / ``f,r,u,o`` / ``i,f,g,o``); None = do not save
+                         (inference, or the forward pass of a chunked recurrence).
     mode   int           ``common.MODE_TIED`` | ``MODE_REFINE`` | ``MODE_CLASSIC``.
-    config ``common.TileConfig`` (tile sizes, warps, fp32 dot precision); a family may ignore fields
-                         it does not use.
+    config ``common.TileConfig`` (tile sizes per direction, warps, fp32 dot precision); a family may
+                         ignore fields it does not use.
 
 ``backward_sequence(d_out, w_hh, gates, cs, dzs, dc, mode, config, *, dz_next=None, dh_last=None)``
     d_out  (K, B, H)     compute dtype, in:  gradient of the chunk's outputs h_t.
@@ -45,14 +45,16 @@ contiguous and on the same device; the helpers launch work asynchronously and re
 each call signature from a cached CUDA graph.
 
 Numerics: products on the tensor cores with fp32 accumulation; gate math, cell state and ``dc`` in fp32;
-h and dz rounded to the compute dtype when stored (as the next step's GEMM operand).
+h and dz rounded to the compute dtype when stored (as the next step's GEMM operand); the saved gates rounded
+to the dtype of the ``gates`` buffer (the compute dtype by default: half the bytes in half precision).
 """
-from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, interpreting, num_gates, pick_config
+from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, interpreting, num_gates
 from .graphs import GraphedKernels
 from .recurrence_bwd import backward_sequence
 from .recurrence_fwd import forward_sequence
+from .step_plan import pick_config
 
 __all__ = [
-    "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC", "TileConfig", "num_gates", "pick_config", "interpreting",
+    "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC", "TileConfig", "Tiles", "num_gates", "pick_config", "interpreting",
     "forward_sequence", "backward_sequence", "GraphedKernels",
 ]

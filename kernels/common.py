@@ -31,49 +31,62 @@ def interpreting() -> bool:
 
 
 @dataclass(frozen=True)
-class TileConfig:
-    """Tile sizes of the step kernels. ``block_b`` batch rows x ``block_h`` hidden units per program;
-    ``block_k`` is the reduction slice. ``tl.dot`` needs every block dimension >= 16.
-    ``dot_precision``: ``"ieee"`` (exact fp32 products; fp32 parity < 1e-4) or ``"tf32"`` (faster fp32 on
-    tensor cores, ~3e-4). Half-precision inputs always use the tensor cores."""
+class Tiles:
+    """The tiling of one step-kernel launch (one direction).
+
+    ``block_b`` batch rows x ``block_h`` hidden units per program; ``block_k`` is the reduction slice of one
+    MMA step. Forward: the program's MMA is ``(block_b x block_k) @ (block_k x 4 block_h)``, all gate blocks of
+    its units side by side (a 4th, zero block in the tied mode), so its width is ``4 block_h``. Backward: the
+    MMA is ``(block_b x block_k) @ (block_k x block_h)`` over the ``G H`` gate units of ``dz``.
+    ``split_k`` programs share one output tile, each reducing a ``1/split_k`` slice; the last of them to
+    finish sums the fp32 partials and runs the gate math, ``epi_h`` units at a time (with one split and
+    ``epi_h == block_h``, straight from the accumulator).
+    ``tl.dot`` needs every MMA dimension >= 16: ``block_b``, ``block_k`` and the MMA width."""
 
     block_b: int = 16
     block_h: int = 16
     block_k: int = 16
+    split_k: int = 1
     num_warps: int = 4
+    num_stages: int = 3
+    epi_h: Optional[int] = None  # None: block_h
+
+    def __post_init__(self):
+        if self.epi_h is None:
+            object.__setattr__(self, "epi_h", self.block_h)
+        for name in ("block_b", "block_h", "block_k", "epi_h"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v!r}")
+        if self.block_b < 16 or self.block_k < 16:
+            raise ValueError(f"block_b and block_k must be >= 16 (tl.dot), got {self.block_b}, {self.block_k}")
+        if not (isinstance(self.split_k, int) and self.split_k >= 1):
+            raise ValueError(f"split_k must be an int >= 1, got {self.split_k!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tiles of the step kernels, per direction, and the fp32 dot precision: ``"ieee"`` (exact fp32
+    products; fp32 parity < 1e-4) or ``"tf32"`` (fp32 on the tensor cores, ~3e-4). Half-precision inputs
+    always use the tensor cores. :func:`urlstm_triton.kernels.pick_config` chooses them per problem; the
+    defaults are the interpreter's (small tiles: its cost grows with tile area)."""
+
+    fwd: Tiles = Tiles()
+    bwd: Tiles = Tiles()
     dot_precision: str = "ieee"
 
-
-def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee",
-                num_sms: Optional[int] = None, elem_bytes: int = 2) -> TileConfig:
-    """Tile sizes for a (batch, hidden) problem.
-
-    The interpreter gets the smallest legal tiles (its cost grows with tile area). On a GPU each step
-    streams ``U`` once per batch tile and ``h`` (or ``dz``) once per hidden tile: bytes per step
-    ~ ``2 B H^2 (G/block_b + 1/block_h)``, so the batch tile is as large as the registers allow (up to 128
-    rows: ``U``, the larger operand, is then read once per step) and the hidden tile the largest of
-    64/32/16 that still gives every multiprocessor a program (latency: a program's share of ``U`` shrinks
-    with block_h), keeping G accumulators of block_b x block_h fp32 within 16K values per program.
-    ``elem_bytes``: bytes per operand element (2 for fp16/bf16, 4 for fp32).
-    These are first guesses, not measurements: ``scripts/bench_kernels.py --tile`` times alternatives.
-    """
-    if dot_precision not in ("ieee", "tf32"):
-        raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    if not on_gpu:
-        return TileConfig(dot_precision=dot_precision)
-    num_sms = num_sms or 132
-    block_b = min(128, max(16, triton.next_power_of_2(batch)))
-    n_b = -(-batch // block_b)
-    block_h = 16
-    for bh in (64, 32):
-        if block_b * bh <= 4096 and n_b * -(-hidden // bh) >= num_sms:
-            block_h = bh
-            break
-    # fp32 operands take twice the shared memory per pipeline stage: a shorter reduction slice keeps
-    # (block_b + G * block_h) * block_k * 4 bytes x 3 stages well inside Hopper's 228 KB.
-    block_k = 64 if (hidden >= 64 and elem_bytes <= 2) else 32
-    num_warps = 8 if block_b * block_h >= 2048 else 4
-    return TileConfig(block_b, block_h, block_k, num_warps, dot_precision)
+    def __post_init__(self):
+        if self.dot_precision not in ("ieee", "tf32"):
+            raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {self.dot_precision!r}")
+        if self.fwd.block_h * 4 < 16:
+            raise ValueError(f"the forward MMA is 4 * block_h wide and must be >= 16, got block_h={self.fwd.block_h}")
+        if self.bwd.block_h < 16:
+            raise ValueError(f"the backward MMA is block_h wide and must be >= 16, got {self.bwd.block_h}")
+        for name, t in (("fwd", self.fwd), ("bwd", self.bwd)):
+            if t.epi_h > t.block_h:
+                raise ValueError(f"{name}.epi_h ({t.epi_h}) must not exceed {name}.block_h ({t.block_h})")
 
 
 def dot_precision(config: TileConfig, dtype) -> str:
@@ -164,3 +177,36 @@ def cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE: tl.constexpr):
         d3 = d2
         dc_prev = dc * f
     return d0, d1, d2, d3, dc_prev
+
+
+@triton.jit
+def split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Four ``(BLOCK_B, BLOCK_H)`` gate tiles from a ``(BLOCK_B, 4 BLOCK_H)`` tile whose column ``4 j + q`` is
+    gate ``q`` of unit ``j`` (the forward MMA's gate-minor layout): reshape to ``(BLOCK_B, BLOCK_H, 2, 2)``
+    (``q = 2 i + l``) and split the two trailing axes."""
+    z = tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2))
+    z02, z13 = tl.split(z)
+    z0, z2 = tl.split(z02)
+    z1, z3 = tl.split(z13)
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def split_range(pid_s, length, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``[lo, hi)``: the slice of a reduction of ``length`` that split ``pid_s`` of ``SPLIT_K`` owns (whole
+    ``BLOCK_K`` steps; the last slice may be shorter or empty)."""
+    per = tl.cdiv(tl.cdiv(length, SPLIT_K), BLOCK_K) * BLOCK_K
+    lo = pid_s * per
+    return lo, tl.minimum(length, lo + per)
+
+
+@triton.jit
+def arrive(count_ptr, SPLIT_K: tl.constexpr):
+    """Split-K hand-off: after every thread of this program has stored its partial tile, count this program
+    in (release: the partials are visible before the count; acquire: the last program sees all of them).
+    True for the program that completes the group, which then sums the partials. The counter is never reset
+    within a launch sequence: it counts ``SPLIT_K`` arrivals per step, and launches of consecutive steps are
+    ordered by the stream."""
+    tl.debug_barrier()
+    old = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
+    return old % SPLIT_K == SPLIT_K - 1

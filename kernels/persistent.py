@@ -35,7 +35,6 @@ backend run either family; :func:`suits` is the ``kernel="auto"`` dispatch rule 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -55,9 +54,8 @@ MAX_BLOCK_B = 64    # batch rows per program: the (BLOCK_B, K) operand of h (or 
 
 # ---- the kernel="auto" dispatch rule (see :func:`suits`); to be re-tuned from scripts/bench_kernels.py ----
 # The grid barrier's memory ordering can only be proven on hardware, and a bug there gives wrong numbers, not an
-# error. Until scripts/gpu_check.sh has passed on a GPU, kernel="auto" does not pick these kernels by itself:
-# kernel="persistent" forces them, and URLSTM_PERSISTENT_AUTO=1 (read at import) lets auto apply the rule below.
-AUTO_ENABLED = os.environ.get("URLSTM_PERSISTENT_AUTO", "0") == "1"
+# error: where this rule says the kernels suit a problem, the backend (triton_backend.choose_kernel) still takes
+# them only on a device where their self-check against the float64 oracle has passed (urlstm_triton.selfcheck).
 AUTO_MAX_BATCH = 64  # above this, one step's GEMM has enough rows to amortise a launch: step kernels
 AUTO_MIN_STEPS = 8   # below this (generation, short calls) the step kernels' single launch per step is cheaper
 
@@ -204,11 +202,12 @@ def _persistent_fwd_kernel(
         tl.store(h_prev + off_h, h.to(hs_ptr.dtype.element_ty), mask=m2)
         tl.store(c_t, c, mask=m2)
         if SAVE_GATES:
-            tl.store(g_t, a0, mask=m2)
-            tl.store(g_t + H, a1, mask=m2)
-            tl.store(g_t + 2 * H, a2, mask=m2)
+            gty = gates_ptr.dtype.element_ty
+            tl.store(g_t, a0.to(gty), mask=m2)
+            tl.store(g_t + H, a1.to(gty), mask=m2)
+            tl.store(g_t + 2 * H, a2.to(gty), mask=m2)
             if G == 4:
-                tl.store(g_t + 3 * H, a3, mask=m2)
+                tl.store(g_t + 3 * H, a3.to(gty), mask=m2)
         xp_t += step_g
         g_t += step_g
         if t + 1 < K:  # every program of this batch tile reads h_t at step t + 1
@@ -221,11 +220,11 @@ def _load_bwd_step(dout_t, c_prev_t, g_t, m2, H, G: tl.constexpr):
     when G = 3)."""
     d_o = tl.load(dout_t, mask=m2, other=0.0).to(tl.float32)
     c_prev = tl.load(c_prev_t, mask=m2, other=0.0)
-    a0 = tl.load(g_t, mask=m2, other=0.0)
-    a1 = tl.load(g_t + H, mask=m2, other=0.0)
-    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0)
+    a0 = tl.load(g_t, mask=m2, other=0.0).to(tl.float32)
+    a1 = tl.load(g_t + H, mask=m2, other=0.0).to(tl.float32)
+    a2 = tl.load(g_t + 2 * H, mask=m2, other=0.0).to(tl.float32)
     if G == 4:
-        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0)
+        a3 = tl.load(g_t + 3 * H, mask=m2, other=0.0).to(tl.float32)
     else:
         a3 = a2
     return d_o, c_prev, a0, a1, a2, a3
@@ -516,8 +515,7 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
                       steps: Optional[int] = None, gates: int = 4) -> str:
     """Why ``kernel="auto"`` takes the step kernels rather than the persistent ones ('' when it takes these).
 
-    The rule, in order:
-    0. only with ``AUTO_ENABLED`` (``URLSTM_PERSISTENT_AUTO=1``) until the kernels are validated on a GPU;
+    The rule, in order (the backend then also asks the device's self-check, ``urlstm_triton.selfcheck``):
     1. only on a CUDA device (in the interpreter the persistent kernels run only when forced);
     2. ``steps < AUTO_MIN_STEPS`` (8): generation and short calls take the step kernels, whose one launch per
        step is the cheapest path when there are few steps to amortise the persistent launch's setup (a zeroed
@@ -529,9 +527,6 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
     device = torch.device(device)
     if device.type != "cuda" or interpreting():
         return "persistent kernels are chosen automatically only on a CUDA device"
-    if not AUTO_ENABLED:
-        return ("not yet validated on a GPU: kernel='auto' takes them only with URLSTM_PERSISTENT_AUTO=1 "
-                "(kernel='persistent' forces them)")
     if steps is not None and steps < AUTO_MIN_STEPS:
         return f"{steps} steps < {AUTO_MIN_STEPS}: one step launch per step is cheaper"
     if batch > AUTO_MAX_BATCH:
@@ -542,7 +537,8 @@ def unsuitable_reason(batch: int, hidden: int, device, *, dtype: torch.dtype = t
 
 def suits(batch: int, hidden: int, device, *, dtype: torch.dtype = torch.float32, steps: Optional[int] = None,
           gates: int = 4) -> bool:
-    """``kernel="auto"`` takes the persistent kernels for this problem (rule: :func:`unsuitable_reason`)."""
+    """The persistent kernels suit this problem (rule: :func:`unsuitable_reason`): ``kernel="auto"`` takes them
+    where, besides, their self-check has passed on the device."""
     return unsuitable_reason(batch, hidden, device, dtype=dtype, steps=steps, gates=gates) == ""
 
 
@@ -586,7 +582,7 @@ def forward_sequence(xproj: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, gates:
     assert w_hh.dtype == xproj.dtype == hs.dtype, "xproj, w_hh and hs share the compute dtype"
     save = gates is not None
     if save:
-        assert gates.shape == xproj.shape and gates.dtype == torch.float32 and gates.is_contiguous()
+        assert gates.shape == xproj.shape and gates.dtype in (torch.float32, xproj.dtype) and gates.is_contiguous()
     if steps == 0:
         return
     cfg = _config(config)
@@ -626,7 +622,7 @@ def backward_sequence(d_out: Tensor, w_hh: Tensor, gates: Tensor, cs: Tensor, dz
     assert (dz_next is None) != (dh_last is None), "give exactly one of dz_next, dh_last"
     assert w_hh.shape == (gh, hidden) and gates.shape == (steps, batch, gh) and dzs.shape == gates.shape
     assert cs.shape == (steps + 1, batch, hidden) and dc.shape == (batch, hidden)
-    assert gates.dtype == cs.dtype == dc.dtype == torch.float32
+    assert cs.dtype == dc.dtype == torch.float32 and gates.dtype in (torch.float32, dzs.dtype)
     for name, t in (("d_out", d_out), ("w_hh", w_hh), ("gates", gates), ("cs", cs), ("dzs", dzs), ("dc", dc)):
         assert t.is_contiguous(), f"{name} must be contiguous"
     if dz_next is not None:

@@ -1,10 +1,21 @@
 """Forward step kernel of the fused recurrence and its launch helper :func:`forward_sequence`.
 
-One launch per time step. Program ``(pid_b, pid_h)`` owns ``block_b`` batch rows x ``block_h`` hidden units
-and computes *all* gate blocks of those units: ``G`` accumulators ``h_{t-1} U_q^T`` (``tl.dot``, fp32
-accumulation), plus the precomputed input projection, then the gate math, the cell update and the hidden
-update as the GEMM's epilogue; no G*H-wide pre-activation makes a round trip through memory. It writes
-``h_t`` (compute dtype), ``c_t`` (fp32) and, for backward, the activated gates (fp32).
+One launch per time step. Program ``(pid_b, pid_s, pid_h)`` owns ``block_b`` batch rows x ``block_h`` hidden
+units, with *all* gate blocks of those units in one MMA: its weight tile is ``(block_k, 4 block_h)``, column
+``4 j + q`` being ``U[q H + unit_j, k]`` (gate-minor; the tied mode's three gate blocks leave the fourth column
+of every unit zero), so each reduction step is one ``(block_b x block_k) @ (block_k x 4 block_h)`` MMA and the
+``h`` tile is read once for all gates. After the reduction the accumulator splits into the gate tiles
+(:func:`common.split_gates`); the input projection is added, and the gate math, the cell update and the hidden
+update run as the GEMM's epilogue: no ``G H``-wide pre-activation makes a round trip through memory.
+
+With ``split_k > 1`` the ``split_k`` programs of a tile each reduce a slice of the ``H`` inputs (when the
+batch and hidden tiles alone would leave multiprocessors idle, or to make tiles wider and operands fewer),
+write fp32 partials to a workspace, and the last of them to arrive (:func:`common.arrive`) sums the partials
+in a fixed order (deterministic) and runs the epilogue, ``epi_h`` units at a time (registers). With one split
+and ``epi_h == block_h`` the epilogue runs straight from the accumulator, with no workspace.
+
+Writes ``h_t`` (compute dtype), ``c_t`` (fp32) and, for backward, the activated gates (the dtype of the
+``gates`` buffer: the compute dtype, or fp32).
 """
 from __future__ import annotations
 
@@ -14,68 +25,102 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, cell_forward, dot_precision, num_gates
+from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, cell_forward, dot_precision,
+                     num_gates, split_gates, split_range)
 
 
 @triton.jit
-def _gate_dot(acc, hk, w_ptr, q, rk, rh, mk, mh, H, PRECISION: tl.constexpr):
-    # acc += h[:, rk] @ U[q*H + rh, rk]^T ; the weight tile is loaded as (block_k, block_h).
-    w = tl.load(w_ptr + (q * H + rh)[None, :] * H + rk[:, None], mask=mk[:, None] & mh[None, :], other=0.0)
-    return acc + tl.dot(hk, w, input_precision=PRECISION)
-
-
-@triton.jit(do_not_specialize=["t"])
-def _fwd_step_kernel(
-    xp_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, t, B, H,
-    MODE: tl.constexpr, G: tl.constexpr, SAVE_GATES: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rh = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    mb = rb < B
-    mh = rh < H
-    t64 = t.to(tl.int64)
-    bh = B * H  # elements of one (B, H) step
-    h_prev = hs_ptr + t64 * bh  # hs[t] = h_{t-1} (hs[0] = h_0)
-
-    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mk = rk < H
-        hk = tl.load(h_prev + rb[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
-        acc0 = _gate_dot(acc0, hk, w_ptr, 0, rk, rh, mk, mh, H, PRECISION)
-        acc1 = _gate_dot(acc1, hk, w_ptr, 1, rk, rh, mk, mh, H, PRECISION)
-        acc2 = _gate_dot(acc2, hk, w_ptr, 2, rk, rh, mk, mh, H, PRECISION)
-        if G == 4:
-            acc3 = _gate_dot(acc3, hk, w_ptr, 3, rk, rh, mk, mh, H, PRECISION)
-
-    m2 = mb[:, None] & mh[None, :]
+def _epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr, G: tl.constexpr,
+              SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, EPI_H: tl.constexpr):
+    """Gate math of units ``u0 .. u0 + EPI_H`` from their gate-minor pre-activations ``acc`` (without xproj)."""
+    a0, a1, a2, a3 = split_gates(acc, BLOCK_B, EPI_H)
+    rh = u0 + tl.arange(0, EPI_H)
+    m2 = mb[:, None] & (rh < H)[None, :]
+    bh = B * H
     gh = G * H
     row = rb[:, None] * gh + rh[None, :]  # gate block 0 of (b, j) in a (B, G*H) step
     xp = xp_ptr + t64 * B * gh
-    z0 = acc0 + tl.load(xp + row, mask=m2, other=0.0).to(tl.float32)
-    z1 = acc1 + tl.load(xp + row + H, mask=m2, other=0.0).to(tl.float32)
-    z2 = acc2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    z0 = a0 + tl.load(xp + row, mask=m2, other=0.0).to(tl.float32)
+    z1 = a1 + tl.load(xp + row + H, mask=m2, other=0.0).to(tl.float32)
+    z2 = a2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    z3 = a3
+    if G == 4:
+        z3 = a3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
     hc = rb[:, None] * H + rh[None, :]
     c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
-    z3 = z2  # unused in the tied mode (three gate blocks)
-    if G == 4:
-        z3 = acc3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
-    h, c, a0, a1, a2, a3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
+    h, c, g0, g1, g2, g3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
     tl.store(cs_ptr + (t64 + 1) * bh + hc, c, mask=m2)
     tl.store(hs_ptr + (t64 + 1) * bh + hc, h.to(hs_ptr.dtype.element_ty), mask=m2)
     if SAVE_GATES:
         gp = gates_ptr + t64 * B * gh + row
-        tl.store(gp, a0, mask=m2)
-        tl.store(gp + H, a1, mask=m2)
-        tl.store(gp + 2 * H, a2, mask=m2)
+        ty = gates_ptr.dtype.element_ty
+        tl.store(gp, g0.to(ty), mask=m2)
+        tl.store(gp + H, g1.to(ty), mask=m2)
+        tl.store(gp + 2 * H, g2.to(ty), mask=m2)
         if G == 4:
-            tl.store(gp + 3 * H, a3, mask=m2)
+            tl.store(gp + 3 * H, g3.to(ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_step_kernel(
+    xp_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, ws_ptr, count_ptr, t, B, H,
+    MODE: tl.constexpr, G: tl.constexpr, SAVE_GATES: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    EPI_H: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_h = tl.program_id(2)
+    n_h = tl.num_programs(2)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    mb = rb < B
+    col = tl.arange(0, 4 * BLOCK_H)          # gate-minor: column 4 j + q = gate q of unit j
+    cu = pid_h * BLOCK_H + col // 4
+    cq = col % 4
+    mc = (cu < H) & (cq < G)
+    t64 = t.to(tl.int64)
+    bh = B * H
+    h_prev = hs_ptr + t64 * bh               # hs[t] = h_{t-1} (hs[0] = h_0)
+    w_rows = (cq * H + cu).to(tl.int64) * H  # row of U behind each column
+    DIRECT: tl.constexpr = (SPLIT_K == 1) and (EPI_H == BLOCK_H)
+
+    k_lo, k_hi = split_range(pid_s, H, SPLIT_K, BLOCK_K)
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < k_hi
+        hk = tl.load(h_prev + rb[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + w_rows[None, :] + rk[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = tl.dot(hk, w, acc, input_precision=PRECISION)
+
+    if DIRECT:
+        _epilogue(acc, rb, mb, pid_h * BLOCK_H, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
+                  BLOCK_B, BLOCK_H)
+    else:  # partials -> workspace (SPLIT_K, B, 4 H), gate-minor like the accumulator
+        wide = 4 * H
+        tl.store(ws_ptr + pid_s * (B * wide) + rb[:, None] * wide + (pid_h * 4 * BLOCK_H + col)[None, :], acc,
+                 mask=mb[:, None] & (cu < H)[None, :])
+        last = True
+        if SPLIT_K > 1:
+            last = arrive(count_ptr + pid_b * n_h + pid_h, SPLIT_K)
+        if last:  # sum the tile's partials in a fixed order (deterministic), EPI_H units at a time
+            tl.debug_barrier()
+            sub = tl.arange(0, 4 * EPI_H)
+            for u0 in range(pid_h * BLOCK_H, pid_h * BLOCK_H + BLOCK_H, EPI_H):
+                cols = 4 * u0 + sub
+                m = mb[:, None] & (cols < wide)[None, :]
+                part = ws_ptr + rb[:, None] * wide + cols[None, :]
+                z = tl.zeros((BLOCK_B, 4 * EPI_H), dtype=tl.float32)
+                for s in range(SPLIT_K):
+                    z += tl.load(part + s * (B * wide), mask=m, other=0.0, cache_modifier=".cg")
+                _epilogue(z, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G, SAVE_GATES,
+                          BLOCK_B, EPI_H)
+
+
+def forward_grid(batch: int, hidden: int, tiles: Tiles) -> tuple:
+    """Programs of one forward step launch: (batch tiles, splits, hidden tiles); batch tiles vary fastest, so
+    programs that read the same slice of U run side by side."""
+    return (triton.cdiv(batch, tiles.block_b), tiles.split_k, triton.cdiv(hidden, tiles.block_h))
 
 
 def forward_sequence(
@@ -98,15 +143,21 @@ def forward_sequence(
     assert xproj.is_contiguous() and w_hh.is_contiguous() and hs.is_contiguous() and cs.is_contiguous()
     save = gates is not None
     if save:
-        assert gates.shape == xproj.shape and gates.dtype == torch.float32 and gates.is_contiguous()
-    grid = (triton.cdiv(batch, config.block_b), triton.cdiv(hidden, config.block_h))
+        assert gates.shape == xproj.shape and gates.dtype in (torch.float32, xproj.dtype) and gates.is_contiguous()
+    if steps == 0:
+        return
+    tiles = config.fwd
+    grid = forward_grid(batch, hidden, tiles)
+    direct = tiles.split_k == 1 and tiles.epi_h == tiles.block_h
+    # any pointer where a buffer is never touched: the workspace without partials, the counter without a split
+    ws = cs if direct else torch.empty(tiles.split_k, batch, 4 * hidden, dtype=torch.float32, device=xproj.device)
+    count = torch.zeros(grid[0] * grid[2], dtype=torch.int32, device=xproj.device) if tiles.split_k > 1 else cs
     gates_arg = gates if save else cs  # any pointer: never written when SAVE_GATES is False
+    meta = dict(MODE=mode, G=num_gates(mode), SAVE_GATES=save, PRECISION=dot_precision(config, xproj.dtype),
+                BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, BLOCK_K=tiles.block_k, SPLIT_K=tiles.split_k,
+                EPI_H=tiles.epi_h, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     for t in range(steps):
-        _fwd_step_kernel[grid](
-            xproj, w_hh, hs, cs, gates_arg, t, batch, hidden,
-            MODE=mode, G=num_gates(mode), SAVE_GATES=save, PRECISION=dot_precision(config, xproj.dtype),
-            BLOCK_B=config.block_b, BLOCK_H=config.block_h, BLOCK_K=config.block_k, num_warps=config.num_warps,
-        )
+        _fwd_step_kernel[grid](xproj, w_hh, hs, cs, gates_arg, ws, count, t, batch, hidden, **meta)
 
 
-__all__ = ["forward_sequence", "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC"]
+__all__ = ["forward_sequence", "forward_grid", "MODE_TIED", "MODE_REFINE", "MODE_CLASSIC"]

@@ -1,12 +1,13 @@
 """Benchmark the fused Triton UR-LSTM against the reference loop and cuDNN nn.LSTM, side by side in one run.
 
-For each config (DESIGN.md's table, or ``--config T,B,I,H``) and dtype: median time of forward+backward and of
+For each config (``urlstm_triton.benchmarks.CONFIGS``, or ``--config T,B,I,H``) and dtype: median time of forward+backward and of
 forward only (no grad), and peak memory of one forward+backward (CUDA), for
 
 - ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
 - ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
-- ``triton-tB.H.K.W``   the same with explicit tile sizes (``--tile B,H,K,W``: tuning the step kernels)
+- ``triton-tF_B``       the same with explicit step-kernel tiles (``--tile F/B``, each ``BB.BH.BK.SPLIT.WARPS[.EPI]``
+                        for the forward and the backward launch: tuning the step kernels)
 - ``triton-step``, ``triton-persistent``  the kernel family forced (``--kernel step|persistent``); the plain
                         ``triton`` rows take ``kernel="auto"`` (persistent or step by the rule of
                         ``kernels/persistent.py``: ``suits``)
@@ -37,19 +38,9 @@ import torch
 from torch import nn
 
 from urlstm_triton import URLSTM
+from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS
 from urlstm_triton.reference import naive_recurrence
 
-CONFIGS = {  # DESIGN.md: measured anchors (T, B, I, H)
-    "lm-seed": (128, 128, 1024, 3072),
-    "lm-1k": (256, 64, 1024, 1024),
-    "smnist": (784, 50, 1, 1024),
-    "adding": (2000, 10, 2, 256),
-    "big-batch": (512, 256, 1024, 1024),
-}
-LONG_CONFIGS = {  # issue 7's chunking targets; not in the default set
-    "long-8k": (8192, 16, 1024, 1024),
-    "long-64k": (65536, 8, 1024, 1024),
-}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECK_TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}  # issue 3's targets (fp16 between the two)
 
@@ -65,8 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, action="append", default=[], metavar="K",
                    help="also time triton with chunk_size=K (repeatable)")
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
-    p.add_argument("--tile", action="append", default=[], metavar="BB,BH,BK,WARPS",
-                   help="also time triton with these tile sizes (block_b, block_h, block_k, num_warps; repeatable)")
+    p.add_argument("--tile", action="append", default=[], metavar="FWD/BWD",
+                   help="also time triton with these step-kernel tiles, each direction BB.BH.BK.SPLIT.WARPS[.EPI] "
+                        "(block_b, block_h, block_k, split_k, num_warps, epi_h; repeatable)")
     p.add_argument("--kernel", action="append", default=[], choices=("step", "persistent"),
                    help="also time triton with this kernel family forced (repeatable); plain triton rows are 'auto'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,10 +134,24 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def triton_options(impl: str) -> Dict:
-    """Backend options from a Triton row's name: ``triton[-step|-persistent][-chunkK][-graph][-tBB.BH.BK.W]``."""
-    from urlstm_triton.kernels import TileConfig
+def parse_tiles(spec: str):
+    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI]``."""
+    from urlstm_triton.kernels import TileConfig, Tiles
 
+    parts = spec.replace("_", "/").split("/")
+    try:
+        dims = [[int(v) for v in p.split(".")] for p in parts]
+        if len(dims) != 2 or any(len(d) not in (5, 6) for d in dims):
+            raise ValueError("two directions of five or six numbers")
+        fwd, bwd = (Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) == 6 else None) for d in dims)
+        return TileConfig(fwd=fwd, bwd=bwd)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI] (powers of two, blocks >= 16), "
+                         f"got {spec!r}: {e}") from None
+
+
+def triton_options(impl: str) -> Dict:
+    """Backend options from a Triton row's name: ``triton[-step|-persistent][-chunkK][-graph][-tFWD_BWD]``."""
     opts = {}
     for part in impl.split("-")[1:]:
         if part.startswith("chunk"):
@@ -155,7 +161,7 @@ def triton_options(impl: str) -> Dict:
         elif part in ("step", "persistent"):
             opts["kernel"] = part
         elif part.startswith("t"):
-            opts["config"] = TileConfig(*(int(v) for v in part[1:].split(".")))
+            opts["config"] = parse_tiles(part[1:])
         else:
             raise ValueError(f"bad triton row name {impl!r}")
     if "config" in opts:  # tile sizes are the step kernels': do not let kernel="auto" pick the persistent ones
@@ -179,7 +185,7 @@ def triton_runs_here(device, dtype) -> str:
     if reason:
         return reason
     if device.type == "cpu" and dtype == torch.bfloat16:
-        return "the interpreter's bf16 tl.dot is wrong (DESIGN.md): bf16 Triton rows run on a GPU only"
+        return "the interpreter's bf16 tl.dot is wrong (docs/design.md): bf16 Triton rows run on a GPU only"
     return ""
 
 
@@ -335,13 +341,8 @@ def main(argv=None) -> int:
     base += [f"triton-chunk{k}" for k in args.chunk]
     triton_impls = list(base) + [f"triton-{k}" for k in dict.fromkeys(args.kernel)]
     for tile in args.tile:
-        try:
-            dims = [int(v) for v in tile.split(",")]
-        except ValueError:
-            dims = []
-        if len(dims) != 4 or min(dims[:3]) < 16 or any(d & (d - 1) for d in dims):
-            raise SystemExit(f"--tile must be four powers of two BB,BH,BK,WARPS (blocks >= 16), got {tile!r}")
-        triton_impls.append("triton-t" + ".".join(map(str, dims)))
+        parse_tiles(tile)  # exits with the reason on a bad spec
+        triton_impls.append("triton-t" + tile.replace("/", "_"))
     if args.cuda_graph:
         if device.type != "cuda":
             raise SystemExit("--cuda-graph needs --device cuda")

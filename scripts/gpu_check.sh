@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The one prepared GPU check for the Triton kernels (issues 3 and 7). Run it on a CUDA machine from the
+# The one prepared GPU check for the Triton kernels (issues 3, 7 and 12). Run it on a CUDA machine from the
 # repository root, e.g. through the device tool:   bash scripts/gpu_check.sh
-# It writes everything under $OUT (default /tmp/gpu_check), at most 8 files: env.txt, bench.json/.log
-# (DESIGN.md's five configs, bf16 + fp32, Triton vs reference vs cuDNN, with a float64 check first),
-# pytest.log (every @pytest.mark.cuda test), long.json, long64k.json, long.log (issue 7: T=8192 chunked vs
-# save-everything, T=65536 chunked), persistent.json/.log (issue 5: persistent vs step kernels). Each stage has its own
-# time limit (sum 530 s, setup included about 8 minutes at worst; typically less) and the tables come last.
+# It writes everything under $OUT (default /tmp/gpu_check), 11 files: env.txt, doctor.json/.log (issue 12:
+# `python -m urlstm_triton.doctor --quick`, every kernel family x gate mode x dtype vs float64, the
+# persistent kernels' self-check and its cost, URLSTM vs nn.LSTM on two shapes; first, so that a failed kernel
+# shows before anything is timed), bench.json/.log (docs/design.md's five configs, bf16 + fp32, Triton vs
+# reference vs cuDNN, with a float64 check first), pytest.log (every @pytest.mark.cuda test), long.json,
+# long64k.json, long.log (issue 7: T=8192 chunked vs save-everything, T=65536 chunked), persistent.json/.log
+# (issue 5: persistent vs step kernels). Each stage has its own time limit (sum 530 s, setup included about 8
+# minutes at worst; typically less) and the tables come last.
 # Needs torch + triton (+ pytest) already installed; no network.
 set -u
 OUT="${OUT:-/tmp/gpu_check}"
@@ -40,8 +43,14 @@ fi
   || { echo "no CUDA device visible to torch; this script is for a GPU machine"; exit 1; }
 
 set -o pipefail
-stage "benchmark: DESIGN.md's five configs (check vs float64 first)"
-timeout 210 "$PY" scripts/bench_kernels.py --cuda-graph --min-time 0.3 --max-reps 10 --json "$OUT/bench.json" \
+stage "doctor (issue 12): every kernel family vs float64, the self-check of kernel='auto', vs nn.LSTM"
+# its JSON is rewritten after every check, so a run cut by the time limit keeps what it checked
+timeout 100 "$PY" -m urlstm_triton.doctor --quick --json "$OUT/doctor.json" 2>&1 | tee "$OUT/doctor.log" \
+  | grep -vE "^(step|persistent|chunked|graphed) +[a-z]+ +[a-z0-9]+: passed$" | tail -70
+DOCTOR_RC=$?
+
+stage "benchmark: docs/design.md's five configs (check vs float64 first)"
+timeout 170 "$PY" scripts/bench_kernels.py --cuda-graph --min-time 0.3 --max-reps 10 --json "$OUT/bench.json" \
   2>&1 | tee "$OUT/bench.log" | grep -E "^check|FAILED|Error" | tail -30
 BENCH_RC=$?
 [ "$BENCH_RC" -ne 0 ] && tail -5 "$OUT/bench.log"
@@ -49,7 +58,7 @@ BENCH_RC=$?
 stage "pytest -m cuda"
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
-timeout 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors $XDIST tests \
+timeout 100 "$PY" -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors $XDIST tests \
   2>&1 | tee "$OUT/pytest.log" | tail -25
 TEST_RC=$?
 
@@ -63,7 +72,7 @@ timeout 50 "$PY" scripts/bench_kernels.py --configs long-64k --dtypes bf16 --imp
 tail -3 "$OUT/long.log"
 
 stage "persistent vs step kernels (issue 5: adding, smnist, lm-1k; forced families, checked first)"
-timeout 90 "$PY" scripts/bench_kernels.py --configs adding,smnist,lm-1k --dtypes bf16,fp32 --impls triton,nn.LSTM \
+timeout 50 "$PY" scripts/bench_kernels.py --configs adding,smnist,lm-1k --dtypes bf16,fp32 --impls triton,nn.LSTM \
   --kernel step --kernel persistent --min-time 0.2 --max-reps 5 --warmup 1 --json "$OUT/persistent.json" \
   >"$OUT/persistent.log" 2>&1
 tail -3 "$OUT/persistent.log"
@@ -71,6 +80,7 @@ tail -3 "$OUT/persistent.log"
 stage "summary"
 "$PY" scripts/bench_kernels.py --summarize "$OUT/persistent.json" "$OUT/long64k.json" "$OUT/long.json" "$OUT/bench.json"
 echo
-echo "bench rc=$BENCH_RC pytest rc=$TEST_RC; total $(( $(date +%s) - START )) s; files in $OUT:"
+echo "doctor: $(grep -E '^(all checks passed|FAILED)' "$OUT/doctor.log" | head -1)"
+echo "doctor rc=$DOCTOR_RC bench rc=$BENCH_RC pytest rc=$TEST_RC; total $(( $(date +%s) - START )) s; files in $OUT:"
 ls "$OUT"
 grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3

@@ -16,6 +16,19 @@ DATA = ROOT / "data"  # small real data sets shipped with the repository (data/R
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _selfcheck_cache(tmp_path_factory):
+    """The persistent kernels' self-check verdicts (urlstm_triton.selfcheck) go to a test directory, never to
+    the user's cache."""
+    old = os.environ.get("URLSTM_CACHE_DIR")
+    os.environ["URLSTM_CACHE_DIR"] = str(tmp_path_factory.mktemp("urlstm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("URLSTM_CACHE_DIR", None)
+    else:
+        os.environ["URLSTM_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -58,3 +58,22 @@ def test_bench_rejects_bad_arguments():
         bench.main(["--device", "cpu", "--configs", "huge"])
     with pytest.raises(SystemExit, match="--dtypes"):
         bench.main(["--device", "cpu", "--configs", "", "--config", "3,2,4,8", "--dtypes", "fp8"])
+
+
+def test_bench_times_explicit_step_tiles_and_rejects_bad_ones(tmp_path):
+    """--tile FWD/BWD runs the step kernels with those tiles (here split reductions and sub-tiled epilogues in
+    the interpreter), checked against float64 like every Triton row."""
+    bench = load_bench()
+    path = tmp_path / "tiles.json"
+    rc = bench.main(["--device", "cpu", "--configs", "", "--config", "2,3,4,20", "--dtypes", "fp32", "--impls",
+                     "triton", "--tile", "16.4.16.2.4.4/16.16.16.3.4.8", "--min-time", "0", "--max-reps", "3",
+                     "--warmup", "0", "--no-fwd-only", "--check-steps", "2", "--json", str(path)])
+    assert rc == 0
+    report = json.loads(path.read_text())
+    checks = {c["impl"]: c for c in report["checks"]}
+    assert checks["triton-t16.4.16.2.4.4_16.16.16.3.4.8"]["ok"]
+    cfg = bench.triton_options("triton-t16.4.16.2.4.4_16.16.16.3.4.8")["config"]
+    assert (cfg.fwd.split_k, cfg.fwd.epi_h, cfg.bwd.split_k, cfg.bwd.epi_h) == (2, 4, 3, 8)
+    for bad in ("16.4.16.2", "16.4.16.2.4/16.16", "12.4.16.1.4/16.16.16.1.4"):
+        with pytest.raises(SystemExit, match="--tile"):
+            bench.main(["--device", "cpu", "--configs", "", "--config", "2,3,4,20", "--tile", bad])

@@ -96,7 +96,8 @@ def saved_bytes(fn):
 @pytest.mark.parametrize("T,K", [(12, 4), (13, 4), (12, 1), (12, 12)])
 def test_saved_tensors_match_the_formula(T, K, dtype):
     """Chunked: the input, the weights and ceil(T/K) boundary states (h in the compute dtype, c in fp32);
-    save-everything: the input, the weights, and per step the fp32 gates, c (fp32) and h."""
+    save-everything: the input, the weights, and per step the gates (compute dtype), c (fp32) and h; with
+    gate_storage="fp32" the gates in fp32."""
     spec = parse_gate("UR")
     B, I, H, G = 3, 4, 5, 4
     ps = [p.requires_grad_() for p in problem(spec, T, B, I, H, dtype)]
@@ -108,9 +109,13 @@ def test_saved_tensors_match_the_formula(T, K, dtype):
     assert got == inputs_and_weights + boundary
     got_full, _ = saved_bytes(lambda: triton_recurrence(*ps, spec))
     # F.linear saves x and w_ih (no bias); the Function saves gates, cs, hs and w_hh
-    per_step = T * B * G * H * 4 + (T + 1) * B * H * (4 + es)
+    per_step = T * B * G * H * es + (T + 1) * B * H * (4 + es)
     assert got_full == (T * B * I + G * H * I + G * H * H) * es + per_step
     assert per_step == full_activation_bytes(T, B, H, G, dtype) - T * B * G * H * es  # minus backward's dz
+    got_fp32, _ = saved_bytes(lambda: triton_recurrence(*ps, spec, gate_storage="fp32"))
+    assert got_fp32 == got_full + T * B * G * H * (4 - es)
+    assert full_activation_bytes(T, B, H, G, dtype, torch.float32) == full_activation_bytes(T, B, H, G, dtype) + \
+        T * B * G * H * (4 - es)
 
 
 def test_auto_chunk_size_from_budget():

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from test_kernels import TOL, assert_close, errors, make_problem, rel
+from urlstm_triton import selfcheck
 from urlstm_triton.gates import parse_gate
 from urlstm_triton.kernels import persistent as P
 from urlstm_triton.kernels import MODE_REFINE, TileConfig, forward_sequence as step_forward
@@ -225,9 +226,8 @@ def test_auto_dispatch_rule(monkeypatch):
     _fake_gpu(monkeypatch)
     cuda = torch.device("cuda")
     bf16 = torch.bfloat16
-    assert "validated" in P.unsuitable_reason(10, 256, cuda, dtype=bf16, steps=2000)  # opt-in until GPU-checked
-    assert choose_kernel("auto", 10, 256, cuda, dtype=bf16, steps=2000) is not P
-    monkeypatch.setattr(P, "AUTO_ENABLED", True)
+    # where the rule holds, auto also needs the device's self-check (tests/test_selfcheck.py): here, a pass
+    monkeypatch.setattr(selfcheck, "passed", lambda device, mode, dtype: True)
     assert P.suits(10, 256, cuda, dtype=bf16, steps=2000)        # adding
     assert P.suits(50, 1024, cuda, dtype=bf16, steps=784)        # smnist
     assert P.suits(64, 1024, cuda, dtype=bf16, steps=256)        # lm-1k
@@ -307,8 +307,8 @@ def test_gpu_refuses_a_grid_larger_than_the_device():
 
 
 @pytest.mark.cuda
-def test_gpu_auto_picks_persistent_for_the_adding_config(monkeypatch):
-    monkeypatch.setattr(P, "AUTO_ENABLED", True)  # the opt-in this GPU check is meant to justify
+def test_gpu_auto_picks_persistent_for_the_adding_config():
+    """The self-check runs on this GPU (once, then cached) and must pass for auto to take the kernels."""
     assert choose_kernel("auto", 10, 256, torch.device("cuda"), dtype=torch.bfloat16, steps=2000) is P
 
 
@@ -416,7 +416,7 @@ def test_bench_times_the_persistent_kernel_beside_the_step_kernels(tmp_path):
     assert {r["impl"] for r in report["results"] if r["fwd_bwd"]["median_ms"] > 0} == {
         "triton", "triton-step", "triton-persistent"}
     assert bench.triton_options("triton-persistent") == {"kernel": "persistent"}
-    assert bench.triton_options("triton-t16.16.16.4")["kernel"] == "step"
+    assert bench.triton_options("triton-t16.16.16.1.4_16.16.16.1.4")["kernel"] == "step"
 
 
 def test_layer_forces_the_persistent_kernels_through_the_backend_option(monkeypatch):

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 BACKENDS = ("auto", "reference", "triton")
 KERNELS = ("auto", "step", "persistent")  # kernel families of the Triton backend
 DOT_PRECISIONS = ("ieee", "tf32")
+GATE_STORAGE = ("compute", "fp32")
 
 Backend = Literal["auto", "reference", "triton"]
 Kernel = Literal["auto", "step", "persistent"]
@@ -75,6 +76,9 @@ class LayerOptions:
     dot_precision: Literal["ieee", "tf32"] = option("ieee", one_of(DOT_PRECISIONS),
                                                     "fp32 products: ieee (exact) or tf32 (tensor cores)")
     cuda_graph: bool = option(False, check_bool, "replay each sequence's step launches from a CUDA graph")
+    gate_storage: Literal["compute", "fp32"] = option("compute", one_of(GATE_STORAGE),
+                                                      "dtype of the gates saved for backward: the compute dtype "
+                                                      "(half the bytes in bf16/fp16) or fp32")
     config: Any = option(None, any_value, "a kernels TileConfig/PersistentConfig overriding the tile choice")
 
     def __post_init__(self):

@@ -2,7 +2,8 @@
 
 ``kernels`` below is a kernel family: any object with ``forward_sequence`` and ``backward_sequence``
 following the launch-helper contract of ``urlstm_triton.kernels`` (the step kernels, or a persistent
-kernel). ``config`` is a ``urlstm_triton.kernels.TileConfig``.
+kernel). ``config`` is a ``urlstm_triton.kernels.TileConfig``. ``gate_dtype``: the dtype the activated gates
+are saved in for backward: the compute dtype (half the bytes in bf16/fp16) or fp32.
 
 - :class:`FusedRecurrence` saves everything in forward (fastest): ``(xproj, w_hh, h0, c0) -> (out, h_T,
   c_T)``; autograd turns ``d xproj`` into ``dW_ih``, ``db`` and ``dx`` with large GEMMs.
@@ -11,6 +12,8 @@ kernel). ``config`` is a ``urlstm_triton.kernels.TileConfig``.
   recurrence and accumulates ``dU``, ``dW_ih``, ``db`` with one GEMM per chunk.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +25,26 @@ def _grad_or_zeros(g, like: Tensor, dtype=None) -> Tensor:
     return torch.zeros(like.shape, dtype=dtype, device=like.device) if g is None else g.to(dtype).contiguous()
 
 
-def run_forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config, save_gates: bool):
-    """Forward over all steps: ``(hs (T+1, B, H), cs (T+1, B, H) fp32, gates (T, B, G*H) fp32 or None)``.
-    Without ``save_gates`` (inference) no per-step gates are written."""
+def run_forward(xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config,
+                gate_dtype: Optional[torch.dtype]):
+    """Forward over all steps: ``(hs (T+1, B, H), cs (T+1, B, H) fp32, gates (T, B, G*H) or None)``.
+    With ``gate_dtype=None`` (inference) no per-step gates are written."""
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     hs = xproj.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T; h_{t-1} feeds dU in backward
     cs = torch.empty(steps + 1, batch, hidden, dtype=torch.float32, device=xproj.device)
     hs[0] = h0
     cs[0] = c0
-    gates = torch.empty(xproj.shape, dtype=torch.float32, device=xproj.device) if save_gates else None
+    gates = None if gate_dtype is None else torch.empty(xproj.shape, dtype=gate_dtype, device=xproj.device)
     kernels.forward_sequence(xproj, w_hh, hs, cs, gates, mode, config)
     return hs, cs, gates
 
 
 class FusedRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config):
-        hs, cs, gates = run_forward(xproj, w_hh, h0, c0, mode, kernels, config, save_gates=True)
+    def forward(ctx, xproj: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, kernels, config,
+                gate_dtype: torch.dtype):
+        hs, cs, gates = run_forward(xproj, w_hh, h0, c0, mode, kernels, config, gate_dtype)
         ctx.mode, ctx.kernels, ctx.config = mode, kernels, config
         ctx.dtypes = (h0.dtype, c0.dtype)
         ctx.save_for_backward(gates, cs, hs, w_hh)
@@ -59,13 +64,13 @@ class FusedRecurrence(torch.autograd.Function):
         # dU = sum_t dz_t^T h_{t-1}: one GEMM over all steps
         dw = torch.mm(dzs.flatten(0, 1).t(), hs[:-1].flatten(0, 1)) if ctx.needs_input_grad[1] else None
         dh0 = torch.mm(dzs[0].float(), w_hh.float()).to(h0_dtype)
-        return dzs, dw, dh0, dc.to(c0_dtype), None, None, None
+        return dzs, dw, dh0, dc.to(c0_dtype), None, None, None, None
 
 
 class ChunkedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w_ih: Tensor, bias, w_hh: Tensor, h0: Tensor, c0: Tensor, mode: int, chunk: int,
-                kernels, config):
+                kernels, config, gate_dtype: torch.dtype):
         steps, batch, _ = x.shape
         hidden = w_hh.shape[1]
         starts = list(range(0, steps, chunk))
@@ -84,7 +89,7 @@ class ChunkedRecurrence(torch.autograd.Function):
             xproj = F.linear(x[s:e], w_ih, bias).contiguous()
             kernels.forward_sequence(xproj, w_hh, hs[s : e + 1], cs_k, None, mode, config)
             c = cs_k[e - s].clone()
-        ctx.mode, ctx.chunk, ctx.kernels, ctx.config = mode, chunk, kernels, config
+        ctx.mode, ctx.chunk, ctx.kernels, ctx.config, ctx.gate_dtype = mode, chunk, kernels, config, gate_dtype
         ctx.dtypes = (h0.dtype, c0.dtype)
         ctx.save_for_backward(x, w_ih, bias, w_hh, h_bound, c_bound)
         return hs[1:], hs[steps].clone(), c
@@ -104,7 +109,7 @@ class ChunkedRecurrence(torch.autograd.Function):
         k = min(chunk, steps)
         hs = x.new_empty(k + 1, batch, hidden)
         cs = torch.empty(k + 1, batch, hidden, dtype=f32, device=dev)
-        gates = torch.empty(k, batch, gh, dtype=f32, device=dev)
+        gates = torch.empty(k, batch, gh, dtype=ctx.gate_dtype, device=dev)
         dzs = x.new_empty(k, batch, gh)
         need_x, need_wih, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         dx = x.new_empty(steps, batch, in_size) if need_x else None
@@ -137,4 +142,4 @@ class ChunkedRecurrence(torch.autograd.Function):
             dz_next = dz_k[0].clone()  # the next (earlier) chunk reads it while overwriting dzs
         dh0 = torch.mm(dz_next.float(), w_hh.float()).to(h0_dtype)
         return (dx, None if dw_ih is None else dw_ih.to(w_ih.dtype), None if db is None else db.to(bias.dtype),
-                dw_hh.to(w_hh.dtype), dh0, dc.to(c0_dtype), None, None, None, None)
+                dw_hh.to(w_hh.dtype), dh0, dc.to(c0_dtype), None, None, None, None, None)

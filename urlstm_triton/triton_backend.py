@@ -8,7 +8,9 @@ kernel="step", chunk_size=64)`` makes one; ``triton_recurrence`` takes one as ``
 
 - ``kernel``: ``"auto"`` | ``"step"`` | ``"persistent"``: the kernel family. ``"step"`` launches one
   kernel per time step (any B, H). ``"persistent"`` (one launch per chunk; ``kernels/persistent.py``) is
-  used only where that module exists. ``"auto"`` picks through :func:`choose_kernel`.
+  used only where that module exists. ``"auto"`` picks through :func:`choose_kernel`: the persistent
+  kernels where they suit the problem and have passed their self-check on the device
+  (:mod:`urlstm_triton.selfcheck`), else the step kernels.
 - ``chunk_size``: ``None`` (save every step's gates for backward: fastest), an int K (save only the
   chunk-boundary states, recompute each chunk in backward: memory O(T/K B H + K B 4H)), or ``"auto"``
   (save everything if it fits ``memory_budget`` bytes, else the largest K that fits; see
@@ -17,6 +19,8 @@ kernel="step", chunk_size=64)`` makes one; ``triton_recurrence`` takes one as ``
 - ``dot_precision``: ``"ieee"`` (default; fp32 inputs multiply exactly) or ``"tf32"`` (fp32 inputs on the
   tensor cores, faster, ~3e-4 relative error). Half precision always uses the tensor cores.
 - ``config``: a ``urlstm_triton.kernels.TileConfig`` to override the tile sizes.
+- ``gate_storage``: ``"compute"`` (default) saves the activated gates for backward in the compute dtype (half
+  the bytes in bf16/fp16; the error stays within the bf16 bounds) or ``"fp32"``.
 - ``cuda_graph``: ``True`` to replay each sequence's K step launches from a cached CUDA graph
   (``kernels/graphs.py``): cuts the per-launch CPU overhead that dominates at small batch; CUDA only.
 
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels as _kernels
+from . import selfcheck
 from .chunking import resolve_chunk_size
 from .gates import GateSpec
 from .options import KERNEL_OPTION_NAMES, KERNELS, LayerOptions, make_options
@@ -88,12 +93,14 @@ def _persistent_family():
 
 
 def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
-                  steps: Optional[int] = None, gates: int = 4):
+                  steps: Optional[int] = None, mode: int = _kernels.MODE_REFINE):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
-    option. ``"auto"`` takes the step kernels unless a persistent family exists and says it suits the
-    problem: ``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the
-    number of steps per launch (the chunk size when chunked); the rule is written down in
-    ``kernels/persistent.py`` (``unsuitable_reason``)."""
+    option. ``"auto"`` takes the step kernels unless a persistent family exists, says it suits the problem
+    (``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the number of
+    steps per launch, the chunk size when chunked; the rule is written down in ``kernels/persistent.py``:
+    ``unsuitable_reason``) and has passed its self-check on this device for ``mode`` and ``dtype``
+    (``selfcheck.passed``: checked against the float64 oracle on first use, cached on disk; a failure
+    warns once and the step kernels run)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "step":
@@ -105,8 +112,9 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *,
                              "backward_sequence (the launch-helper contract of urlstm_triton.kernels)")
         return persistent
     suits = getattr(persistent, "suits", None)
-    if persistent is not None and callable(suits) and suits(batch, hidden, device, dtype=dtype, steps=steps,
-                                                            gates=gates):
+    if (persistent is not None and callable(suits)
+            and suits(batch, hidden, device, dtype=dtype, steps=steps, gates=_kernels.num_gates(mode))
+            and selfcheck.passed(device, mode, dtype)):
         return persistent
     return _kernels
 
@@ -156,10 +164,12 @@ def triton_recurrence(
     mode = gate_mode(spec)
     steps, batch, in_size = x.shape
     hidden = w_hh.shape[1]
-    chunk = resolve_chunk_size(opts.chunk_size, steps, batch, in_size, hidden, w_hh.shape[0] // hidden,
-                               dtype, x.device, opts.memory_budget)
-    family = choose_kernel(opts.kernel, batch, hidden, x.device, dtype=dtype,
-                           steps=min(chunk or steps, steps), gates=w_hh.shape[0] // hidden)
+    gates = w_hh.shape[0] // hidden
+    gate_dtype = torch.float32 if opts.gate_storage == "fp32" else dtype
+    chunk = resolve_chunk_size(opts.chunk_size, steps, batch, in_size, hidden, gates, dtype, x.device,
+                               opts.memory_budget, gate_dtype)
+    family = choose_kernel(opts.kernel, batch, hidden, x.device, dtype=dtype, steps=min(chunk or steps, steps),
+                           mode=mode)
     if opts.cuda_graph:
         if x.device.type != "cuda" or kernels_interpreted():
             raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"
@@ -168,7 +178,7 @@ def triton_recurrence(
     on_gpu = x.device.type == "cuda" and not kernels_interpreted()
     config = opts.config or _kernels.pick_config(
         batch, hidden, on_gpu, opts.dot_precision, _num_sms(x.device) if on_gpu else None,
-        torch.empty((), dtype=dtype).element_size())
+        torch.empty((), dtype=dtype).element_size(), gates, torch.empty((), dtype=gate_dtype).element_size())
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
@@ -181,8 +191,8 @@ def triton_recurrence(
             grad = torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, w_ih, w_hh, bias, h0, c0))
             if not grad:  # inference: no per-step gates are written or kept
-                hs, cs, _ = run_forward(xproj, w_hhc, h0c, c0c, mode, family, config, save_gates=False)
+                hs, cs, _ = run_forward(xproj, w_hhc, h0c, c0c, mode, family, config, None)
                 return hs[1:], hs[steps].clone(), cs[steps].clone()
-            return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config)
+            return FusedRecurrence.apply(xproj, w_hhc, h0c, c0c, mode, family, config, gate_dtype)
         return ChunkedRecurrence.apply(x.to(dtype), w_ih.to(dtype), None if bias is None else bias.to(dtype),
-                                       w_hhc, h0c, c0c, mode, chunk, family, config)
+                                       w_hhc, h0c, c0c, mode, chunk, family, config, gate_dtype)

@@ -1,0 +1,160 @@
+"""Tile choice of the step kernels: :func:`pick_config` and the model behind it.
+
+Each direction's launch is estimated with :mod:`kernels.cost_model` for every candidate tiling, and the
+fastest estimate is taken among the candidates that
+
+- keep the kernel's registers in budget (accumulator and epilogue tiles per thread, the counts measured
+  spill-free on sm_90 with triton 3.6 and 3.9 by ``scripts/kernel_report.py``);
+- make the MMA at least 64 wide where the hidden size allows (narrower MMAs waste the tensor cores on
+  operand reads from shared memory);
+- launch at least one program per multiprocessor where batch and hidden size allow (a step is a chain of
+  dependent launches: an idle multiprocessor cannot catch up later).
+
+The estimates are assumptions, not measurements (the model's docstring says which); the choice is cached per
+problem size. ``scripts/bench_kernels.py --tile`` times alternatives on a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterator, Optional
+
+from .common import TileConfig, Tiles
+from .cost_model import H200, LaunchEstimate, Machine, ctas_per_sm, gemm_launch, u_from_hbm
+
+MAX_ACC_PER_THREAD = 64   # fp32 accumulator values per thread during the reduction
+EPI_PER_THREAD = 8        # values per thread of one gate's epilogue tile (about a dozen such tiles are live)
+PLANNER_REGS = 128        # registers per thread the occupancy estimate assumes
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _k_slice(length: int, split: int, block_k: int) -> int:
+    return min(length, math.ceil(math.ceil(length / split) / block_k) * block_k)
+
+
+def forward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: int, gate_elem: int,
+                     precision: str = "tf32", machine: Machine = H200, regs: int = PLANNER_REGS,
+                     smem: Optional[int] = None) -> LaunchEstimate:
+    """One forward step launch (``kernels/recurrence_fwd.py``) under the cost model."""
+    bb, bh, s = tiles.block_b, tiles.block_h, tiles.split_k
+    n_b, n_h = math.ceil(batch / bb), math.ceil(hidden / bh)
+    k = _k_slice(hidden, s, tiles.block_k)
+    rows, units = min(bb, batch), min(bh, hidden)
+    direct = s == 1 and tiles.epi_h == bh
+    partial = 0 if direct else bb * 4 * bh * 4
+    operand = (rows * k + gates * units * k) * elem + partial
+    if smem is None:
+        smem = tiles.num_stages * (bb + 4 * bh) * tiles.block_k * elem
+    # xproj in, h and c out, gates out: HBM streams; c_{t-1} was written by the previous step: L2
+    epi_hbm = rows * units * (gates * elem + elem + 4 + gates * gate_elem)
+    epilogue = epi_hbm + rows * units * 4
+    u_bytes = gates * hidden * hidden * elem
+    return gemm_launch(machine, programs=n_b * s * n_h, m=bb, n=4 * bh, k=k, elem=elem, precision=precision,
+                       operand_bytes=operand, hbm_bytes=u_bytes if u_from_hbm(machine, u_bytes) else 0,
+                       occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
+                       fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
+                       gap=machine.launch_gap_s, sync=machine.latency_s)
+
+
+def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: int, gate_elem: int,
+                      precision: str = "tf32", machine: Machine = H200, regs: int = PLANNER_REGS,
+                      smem: Optional[int] = None) -> LaunchEstimate:
+    """One backward step launch (``kernels/recurrence_bwd.py``) under the cost model."""
+    bb, bh, s = tiles.block_b, tiles.block_h, tiles.split_k
+    gh = gates * hidden
+    n_b, n_h = math.ceil(batch / bb), math.ceil(hidden / bh)
+    k = _k_slice(gh, s, tiles.block_k)
+    rows, units = min(bb, batch), min(bh, hidden)
+    direct = s == 1 and tiles.epi_h == bh
+    partial = 0 if direct else bb * bh * 4
+    operand = (rows * k + k * units) * elem + partial
+    if smem is None:
+        smem = tiles.num_stages * (bb + bh) * tiles.block_k * elem
+    # d_out, gates, c_t and c_{t-1} in, dz out: HBM streams; dc (read and written every step): L2
+    epi_hbm = rows * units * (elem + gates * gate_elem + 4 + 4 + gates * elem)
+    epilogue = epi_hbm + rows * units * 8
+    u_bytes = gh * hidden * elem
+    return gemm_launch(machine, programs=n_b * s * n_h, m=bb, n=bh, k=k, elem=elem, precision=precision,
+                       operand_bytes=operand, hbm_bytes=u_bytes if u_from_hbm(machine, u_bytes) else 0,
+                       occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
+                       fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
+                       gap=machine.launch_gap_s, sync=machine.latency_s)
+
+
+def _candidates(batch: int, hidden: int, gates: int, elem: int, backward: bool) -> Iterator[Tiles]:
+    b_cap = min(128, max(16, _pow2(batch)))
+    block_bs = [b for b in (16, 32, 64, 128) if b <= b_cap]
+    h_cap = max(16 if backward else 4, _pow2(hidden))
+    if backward:  # MMA width block_h
+        widths = [h for h in (16, 32, 64, 128) if h <= h_cap]
+        min_width, length, per_unit = (64 if hidden >= 64 else 16), gates * hidden, 1
+    else:  # MMA width 4 * block_h
+        widths = [h for h in (4, 8, 16, 32) if h <= h_cap]
+        min_width, length, per_unit = (64 if hidden >= 16 else 16), hidden, 4
+    ks = [k for k in ((32,) if elem == 4 else (32, 64)) if k <= max(16, _pow2(length))] or [16]
+    for bb in block_bs:
+        for bh in widths:
+            if bh * per_unit < min_width:
+                continue
+            for bk in ks:
+                for warps in (4, 8):
+                    threads = 32 * warps
+                    acc = bb * bh * per_unit / threads
+                    if acc > MAX_ACC_PER_THREAD:
+                        continue
+                    # an epilogue tile holds EPI_PER_THREAD values per thread and gate: straight from the
+                    # accumulator when that fits, else in sub-tiles through the workspace
+                    direct_ok = bb * bh / threads <= EPI_PER_THREAD
+                    epi = bh if direct_ok else max(1, min(bh, (EPI_PER_THREAD * threads) // bb))
+                    for s in SPLITS:
+                        if s > 1 and s > math.ceil(length / bk):
+                            break
+                        yield Tiles(bb, bh, bk, s, warps, 3, epi)
+
+
+def choose_tiles(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
+                 precision: str = "tf32", machine: Machine = H200) -> Tiles:
+    """The candidate tiling with the fastest estimate, among those that give every multiprocessor a program
+    when any does."""
+    estimate = backward_estimate if backward else forward_estimate
+    best = None
+    for tiles in _candidates(batch, hidden, gates, elem, backward):
+        programs = math.ceil(batch / tiles.block_b) * tiles.split_k * math.ceil(hidden / tiles.block_h)
+        seconds = estimate(batch, hidden, gates, tiles, elem, gate_elem, precision, machine).seconds
+        key = (programs < machine.sms, seconds, programs)
+        if best is None or key < best[0]:
+            best = (key, tiles)
+    return best[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _pick(batch, hidden, gates, on_gpu, dot_precision, num_sms, elem_bytes, gate_bytes) -> TileConfig:
+    if not on_gpu:
+        return TileConfig(dot_precision=dot_precision)
+    machine = H200 if not num_sms or num_sms == H200.sms else Machine(sms=num_sms)
+    prec = dot_precision if elem_bytes == 4 else "tf32"
+    return TileConfig(
+        fwd=choose_tiles(batch, hidden, gates, elem_bytes, gate_bytes, False, prec, machine),
+        bwd=choose_tiles(batch, hidden, gates, elem_bytes, gate_bytes, True, prec, machine),
+        dot_precision=dot_precision,
+    )
+
+
+def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "ieee", num_sms: Optional[int] = None,
+                elem_bytes: int = 2, gates: int = 4, gate_bytes: Optional[int] = None) -> TileConfig:
+    """Tiles of the step kernels for a ``(batch, hidden)`` problem with ``gates`` gate blocks, operands of
+    ``elem_bytes`` (2: fp16/bf16, 4: fp32) and saved gates of ``gate_bytes`` (default: ``elem_bytes``), on a
+    GPU with ``num_sms`` multiprocessors (default 132). In the interpreter (``on_gpu=False``): the smallest
+    tiles (its cost grows with tile area)."""
+    if dot_precision not in ("ieee", "tf32"):
+        raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
+    if batch < 1 or hidden < 1:
+        raise ValueError(f"batch and hidden must be >= 1, got {batch}, {hidden}")
+    return _pick(batch, hidden, gates, bool(on_gpu), dot_precision, num_sms, elem_bytes, gate_bytes or elem_bytes)
+
+
+__all__ = ["pick_config", "choose_tiles", "forward_estimate", "backward_estimate"]

@@ -1,0 +1,27 @@
+"""The benchmark shapes and the measured anchors every speed comparison in this project uses.
+
+``CONFIGS``: (T, B, I, H) of the five shapes ``scripts/bench_kernels.py`` times and ``scripts/kernel_report.py``
+compiles; ``CUDNN_MS``: what cuDNN's ``nn.LSTM`` took on them (one H200, torch 2.11, forward+backward median,
+milliseconds; docs/design.md), the speed a user gives up by leaving ``nn.LSTM``; ``EAGER_LOOP_MS``: the
+community port's per-step PyTorch loop (bf16) on the same H200.
+"""
+from __future__ import annotations
+
+CONFIGS = {
+    "lm-seed": (128, 128, 1024, 3072),
+    "lm-1k": (256, 64, 1024, 1024),
+    "smnist": (784, 50, 1, 1024),
+    "adding": (2000, 10, 2, 256),
+    "big-batch": (512, 256, 1024, 1024),
+}
+LONG_CONFIGS = {  # the chunking targets (issue 7); not in the default set
+    "long-8k": (8192, 16, 1024, 1024),
+    "long-64k": (65536, 8, 1024, 1024),
+}
+CUDNN_MS = {
+    "bf16": {"lm-seed": 13.8, "lm-1k": 10.9, "smnist": 30.0, "adding": 67.7, "big-batch": 25.8},
+    "fp32": {"lm-seed": 26.8, "lm-1k": 14.5, "smnist": 37.0, "adding": 62.0, "big-batch": 48.5},
+}
+EAGER_LOOP_MS = {"bf16": {"lm-seed": 132.0, "lm-1k": 264.0, "smnist": 971.0, "adding": 2432.0, "big-batch": 477.0}}
+
+__all__ = ["CONFIGS", "LONG_CONFIGS", "CUDNN_MS", "EAGER_LOOP_MS"]
