@@ -31,3 +31,4 @@ def test_a_pipe_gets_log_lines_and_no_carriage_returns(tmp_path):
     assert "\r" not in res.stderr and "\r" not in res.stdout  # no tqdm frames: not the trainer's, not datasets'
     assert "step 2/4 loss" in res.stderr and "step 4/4 loss" in res.stderr
     assert "step 4/4 loss" in (tmp_path / "run" / "train.log").read_text()
+    assert "Removed shared tensor" not in res.stderr  # accelerate's note on the tied decoder weight, at every save

@@ -41,6 +41,18 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 log = logging.getLogger("urlstm_triton.training")
 
 
+class _TiedWeightsNote(logging.Filter):
+    """Accelerate warns at every save that it left a shared tensor out of model.safetensors: for the LM that is the
+    decoder weight tied to the embedding, written once and restored as tied on load (the exact-resume tests
+    check it bitwise), so the warning only adds noise to the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
