@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import sys
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import ConfigError
 
 _DEST = "cfg"
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+(e-?\d+)?$")  # a value, not an option (argparse's own rule)
 
 
 def opt(default=MISSING, help: str = "", resume_safe: bool = False, parse=None, metavar: str = "",
@@ -76,10 +78,6 @@ def iter_fields(cfg) -> List[Tuple[str, Any, dataclasses.Field]]:
         else:
             out.append((f.name, cfg, f))
     return out
-
-
-def _leaf_keys(cls) -> List[str]:
-    return [key for key, _, _ in iter_fields(cls())]
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -136,28 +134,16 @@ def _as_arguments(values: dict, source: str) -> List[str]:
 def _join_dash_values(parser, argv: Sequence[str]) -> List[str]:
     """``--variant -R`` -> ``--variant=-R``: argparse reads a value that starts with a dash (``-R``, ``--``, both
     variant names) as an option; attached with ``=`` it is read as the value it is."""
-    out, argv = [], list(argv)
     known = parser._option_string_actions
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        action = known.get(tok)
-        if (action is not None and action.nargs is None and i + 1 < len(argv) and argv[i + 1].startswith("-")
-                and argv[i + 1] not in known and not _is_number(argv[i + 1])):
-            out.append(f"{tok}={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(tok)
-        i += 1
+    out: List[str] = []
+    for tok in argv:
+        action = known.get(out[-1]) if out else None
+        if (action is not None and action.nargs is None and tok.startswith("-") and tok not in known
+                and not _NEGATIVE_NUMBER.match(tok)):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
     return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _unknown(cls, tokens: List[str], renamed: Dict[str, str]) -> ConfigError:
@@ -168,7 +154,7 @@ def _unknown(cls, tokens: List[str], renamed: Dict[str, str]) -> ConfigError:
     key = tok[2:].split("=", 1)[0].replace("-", "_")
     if key in renamed:
         return ConfigError(f"--{key} is no longer an option: {renamed[key]}")
-    leaves = _leaf_keys(cls)
+    leaves = [k for k, _, _ in iter_fields(cls())]
     same_name = [k for k in leaves if k.split(".")[-1] == key]
     if "." not in key and len(same_name) > 1:
         return ConfigError(f"option --{key} is ambiguous: it could be {', '.join('--' + k for k in same_name)}; "
