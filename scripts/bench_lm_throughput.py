@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from urlstm_triton.functional import resolve_backend
 from urlstm_triton.gates import parse_gate
-from urlstm_triton.lm.model import LanguageModel
+from urlstm_triton.lm.config import ModelConfig
+from urlstm_triton.lm.model import build_model
 from urlstm_triton.reference import reference_recurrence
 
 SHAPES = {
@@ -29,8 +30,10 @@ SHAPES = {
 
 def bench(rnn: str, shape: dict, device, steps: int, warmup: int, precision: str, backend: str, gate: str):
     torch.manual_seed(0)
-    model = LanguageModel(shape["vocab"], shape["embed"], shape["hidden"], 1, 0.3, rnn=rnn, gate=gate,
-                          backend=backend).to(device)
+    variant = "lstm" if rnn == "lstm" else gate  # "lstm": torch.nn.LSTM, the baseline
+    cfg = ModelConfig(variant=variant, embed=shape["embed"], hidden=shape["hidden"], layers=1, dropout=0.3,
+                      backend=backend if rnn == "urlstm" else "auto")
+    model = build_model(cfg, shape["vocab"], shape["bptt"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(0)
     tokens = torch.randint(0, shape["vocab"], (shape["bptt"] + 1, shape["batch"]), generator=g).to(device)

@@ -61,8 +61,15 @@ def checkpoints(run_dir: Path) -> list:
 
 
 def load_ckpt(path: Path) -> dict:
-    return {name: torch.load(path / f"{name}.pt", weights_only=False)
-            for name in ("model", "optimizer", "scheduler", "trainer", "rank000")}
+    """What a checkpoint (accelerator.save_state + per-rank files) holds, by role."""
+    from safetensors.torch import load_file
+
+    load = lambda name: torch.load(path / name, weights_only=False)  # noqa: E731
+    model = {k: v.clone() for k, v in load_file(path / "model.safetensors").items()}  # not a view of the file
+    return {"model": model, "optimizer": load("optimizer.bin"),
+            "scheduler": load("scheduler.bin"), "guard": load("custom_checkpoint_0.pkl"),
+            "trainer": load("custom_checkpoint_1.pkl"), "rng": load("random_states_0.pkl"),
+            "rank000": load("rank000.pt")}
 
 
 def train_curve(run_dir: Path) -> list:
@@ -81,10 +88,11 @@ def assert_same_state(a: dict, b: dict) -> None:
         for k in sa[i]:
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"optimizer {i}.{k} differs"
     assert a["scheduler"] == b["scheduler"]
-    assert a["trainer"]["step"] == b["trainer"]["step"]
-    ca, cb = a["rank000"]["task"]["carry"], b["rank000"]["task"]["carry"]
+    assert a["trainer"]["step"] == b["trainer"]["step"] and a["guard"] == b["guard"]
+    ca, cb = a["rank000"]["objective"]["carry"], b["rank000"]["objective"]["carry"]
     for x, y in zip(ca, cb):
         assert (x is None) == (y is None)
         if x is not None:
             assert all(torch.equal(u, v) for u, v in zip(x, y)), "carried state differs"
-    assert torch.equal(a["rank000"]["rng"]["torch"], b["rank000"]["rng"]["torch"]), "torch RNG differs"
+    assert torch.equal(a["rng"]["torch_manual_seed"], b["rng"]["torch_manual_seed"]), "torch RNG differs"
+    assert a["rng"]["random_state"] == b["rng"]["random_state"], "python RNG differs"

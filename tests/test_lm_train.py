@@ -68,11 +68,15 @@ def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(2 processes)" in res.stderr
     last = checkpoints(tmp_path / "ref")[-1]
-    r0 = torch.load(last / "rank000.pt", weights_only=False)["task"]
-    r1 = torch.load(last / "rank001.pt", weights_only=False)["task"]
+    r0 = torch.load(last / "rank000.pt", weights_only=False)["objective"]
+    r1 = torch.load(last / "rank001.pt", weights_only=False)["objective"]
     assert tuple(r0["rows"]) == (0, 2) and tuple(r1["rows"]) == (2, 4)
     assert not torch.equal(r0["carry"][0][0], r1["carry"][0][0])  # each rank carried the state of its own text
     assert json.loads((last / "manifest.json").read_text())["world_size"] == 2
+    from urlstm_triton.lm.sampling import load_run_model
+
+    model, _, _ = load_run_model(tmp_path / "ref")  # a DDP run's weights load into the plain model (generate.py)
+    assert torch.equal(model.rnn.weight_hh_l0, load_ckpt(last)["model"]["rnn.weight_hh_l0"])
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["units_seen"] == 4 * 8 * 6  # global batch x bptt x steps
     # SIGKILL both processes after step 3, resume: the same end state on every rank as the uninterrupted run
@@ -86,21 +90,26 @@ def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes
     assert_same_state(load_ckpt(a), load_ckpt(b))
     r1_resumed = torch.load(a / "rank001.pt", weights_only=False)
     r1_ref = torch.load(b / "rank001.pt", weights_only=False)
-    assert torch.equal(r1_resumed["task"]["carry"][0][1], r1_ref["task"]["carry"][0][1])
-    assert torch.equal(r1_resumed["rng"]["torch"], r1_ref["rng"]["torch"])
+    assert torch.equal(r1_resumed["objective"]["carry"][0][1], r1_ref["objective"]["carry"][0][1])
+    rng1 = [torch.load(d / "random_states_1.pkl", weights_only=False) for d in (a, b)]
+    assert torch.equal(rng1[0]["torch_manual_seed"], rng1[1]["torch_manual_seed"])  # rank 1's own RNG, restored
 
 
-def test_classic_lstm_baseline_flag(tmp_path, corpus):
+def test_lstm_is_torch_nn_lstm_and_classic_the_urlstm_mode(tmp_path, corpus):
     run = tmp_path / "run"
-    run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--model.rnn", "lstm", "--train.steps", "2"))
-    sd = torch.load(checkpoints(run)[-1] / "model.pt")
+    run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--model.variant", "lstm", "--train.steps", "2"))
+    sd = load_ckpt(checkpoints(run)[-1])["model"]
     assert "rnn.weight_ih_l0" in sd and "rnn.bias_ih_l0" in sd and "rnn.bias_hh_l0" in sd  # torch.nn.LSTM's names
     assert sd["rnn.weight_ih_l0"].shape == (4 * 24, 16)
+    run = tmp_path / "classic"
+    run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--model.variant", "classic", "--train.steps", "2"))
+    sd = load_ckpt(checkpoints(run)[-1])["model"]
+    assert "rnn.bias_l0" in sd and sd["rnn.weight_ih_l0"].shape == (4 * 24, 16)  # URLSTM's fused bias
 
 
 def test_gradient_accumulation_splits_the_rows_into_micro_batches(tmp_path, corpus):
     run = tmp_path / "run"
     summary = run_inproc(tiny_args(run, tmp_path / "cache", corpus, "--train.grad_accum", "2", "--train.steps", "2"))
     assert summary["units_seen"] == 2 * 4 * 8
-    carry = torch.load(checkpoints(run)[-1] / "rank000.pt", weights_only=False)["task"]["carry"]
+    carry = torch.load(checkpoints(run)[-1] / "rank000.pt", weights_only=False)["objective"]["carry"]
     assert len(carry) == 2 and carry[0][0].shape == (1, 2, 24)  # (layers, rows per micro-batch, hidden)

@@ -62,15 +62,15 @@ def test_truncated_and_corrupt_checkpoints_are_reported_and_skipped(tmp_path, co
     run_inproc(args(tmp_path, corpus, "ref", "--train.steps", "8"))
     expected = load_ckpt(checkpoints(ref)[-1])
     d6, d8 = checkpoints(ref)[-2:]
-    with open(d8 / "model.pt", "r+b") as fh:
+    with open(d8 / "model.safetensors", "r+b") as fh:
         fh.truncate(100)
-    blob = bytearray((d6 / "optimizer.pt").read_bytes())
+    blob = bytearray((d6 / "optimizer.bin").read_bytes())
     blob[len(blob) // 2] ^= 0x01
-    (d6 / "optimizer.pt").write_bytes(bytes(blob))
+    (d6 / "optimizer.bin").write_bytes(bytes(blob))
     with caplog.at_level("WARNING"):
         run_inproc(args(tmp_path, corpus, "ref", "--train.steps", "8", "--resume"))
-    assert f"{d8}: file model.pt is truncated" in caplog.text
-    assert f"{d6}: file optimizer.pt is corrupt" in caplog.text
+    assert f"{d8}: file model.safetensors is truncated" in caplog.text
+    assert f"{d6}: file optimizer.bin is corrupt" in caplog.text
     assert "continuing at step 5" in (ref / "train.log").read_text()
     assert_same_state(load_ckpt(checkpoints(ref)[-1]), expected)
 
@@ -83,7 +83,7 @@ def test_nan_loss_skip_policy_counts_and_continues(tmp_path, corpus, monkeypatch
     assert curve[3][4] is True and curve[3][1] != curve[3][1]  # skipped, loss NaN
     assert curve[3][3] == curve[2][3]  # no scheduler step on the skipped step
     assert not any(curve[s][4] for s in (1, 2, 4, 5))
-    sd = torch.load(checkpoints(tmp_path / "run")[-1] / "model.pt")
+    sd = load_ckpt(checkpoints(tmp_path / "run")[-1])["model"]
     assert all(torch.isfinite(v).all() for v in sd.values())
     assert "step 3: non-finite" in (tmp_path / "run" / "train.log").read_text()
 
@@ -165,9 +165,9 @@ def test_resume_from_an_explicit_checkpoint_and_a_corrupt_one(tmp_path, corpus):
     four = tmp_path / "run" / "checkpoints" / "step-00000004"
     summary = run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6", "--run.resume_from", str(four)))
     assert summary["step"] == 6 and "resumed from " + str(four) in (tmp_path / "run" / "train.log").read_text()
-    (four / "trainer.pt").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match=r"--run.resume_from: checkpoint .*step-00000004: file trainer.pt is "
-                                          r"truncated"):
+    (four / "custom_checkpoint_1.pkl").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"--run.resume_from: checkpoint .*step-00000004: file "
+                                          r"custom_checkpoint_1.pkl is truncated"):
         run_inproc(args(tmp_path, corpus, "run", "--train.steps", "6", "--run.resume_from", str(four)))
 
 

@@ -1,14 +1,20 @@
-"""Every gate variant builds, runs forward and backward in every task model; lstm is torch.nn.LSTM."""
+"""Every variant builds, runs forward and backward in every task model; lstm is torch.nn.LSTM, classic the URLSTM's
+classic-LSTM mode."""
 import pytest
 import torch
 from torch import nn
 
-from urlstm_triton import ALL_VARIANTS, URLSTM
-from urlstm_triton.tasks.models import AddingModel, CopyModel, SequenceClassifier, check_variant, make_recurrent
+from urlstm_triton import URLSTM
+from urlstm_triton.tasks.models import AddingModel, CopyModel, SequenceClassifier
 from urlstm_triton.tasks.synthetic import AddingTask, CopyTask
+from urlstm_triton.training.recurrent import VARIANTS, RecurrentConfig, build_recurrent, check_variant
 
 
-@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def make_recurrent(variant, input_size, hidden, **fields):
+    return build_recurrent(RecurrentConfig(variant=variant, hidden=hidden, **fields), input_size, batch_first=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_in_every_task_model(variant):
     copy = CopyTask(lag=3, batch_size=2)
     adding = AddingTask(length=6, batch_size=2)
@@ -27,7 +33,7 @@ def test_every_variant_trains_in_every_task_model(variant):
         expected = nn.LSTM if variant == "lstm" else URLSTM
         assert isinstance(model.rnn, expected)
         if variant != "lstm":
-            assert model.rnn.gate == variant
+            assert model.rnn.gate == ("lstm" if variant == "classic" else variant)
 
 
 def test_lstm_forget_bias_and_concat_readout():
@@ -40,6 +46,7 @@ def test_lstm_forget_bias_and_concat_readout():
 
 def test_unknown_variant_and_readout():
     assert check_variant("UR-LSTM") == "UR" and check_variant("LSTM") == "lstm" and check_variant("-") == "--"
+    assert check_variant("Classic") == "classic"
     with pytest.raises(ValueError, match="unknown variant 'XR'.*UR"):
         make_recurrent("XR", 1, 4)
     with pytest.raises(ValueError, match="readout"):

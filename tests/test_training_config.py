@@ -1,10 +1,12 @@
-"""Config parsing: presets, overrides, bare flags, lists, unknown keys, types, choices, validation, hash."""
+"""Config parsing (simple-parsing underneath): presets, YAML, overrides, bare flags, lists, union types, unknown
+and renamed keys, types, choices, validation, hash, and the keys the command line itself set."""
 from dataclasses import dataclass, field
 
 import pytest
 
 from urlstm_triton.lm.config import PRESETS, LMConfig
-from urlstm_triton.training import ConfigError, config_hash, opt, parse_config
+from urlstm_triton.tasks.config import VISION_PRESETS, VisionJobConfig
+from urlstm_triton.training import ConfigError, config_hash, opt, parse_config, read_config
 
 
 def parse(*argv, preset="quickstart"):
@@ -30,13 +32,19 @@ def test_bare_bool_flag_list_values_and_equals_form():
     (["--model.hiden", "3"], "--model.hiden; did you mean --model.hidden"),
     (["--bogus", "1"], "unknown config key --bogus"),
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--train.steps", "ten"], "--train.steps: expected int, got 'ten'"),
-    (["--run.resume", "maybe"], "--run.resume: expected bool"),
-    (["--model.rnn", "gru"], "--model.rnn: 'gru' is not one of"),
-    (["--train.steps"], "--train.steps needs a value"),
+    (["--train.steps", "ten"], "--train.steps: invalid int value: 'ten'"),
+    (["--run.resume", "maybe"], "--run.resume: Boolean value expected"),
+    (["--train.optimizer", "gd"], "--train.optimizer: invalid choice: 'gd'"),
+    (["--data.source", "web"], "--data.source: invalid choice: 'web'"),
+    (["--train.steps"], "--train.steps: expected one argument"),
     (["--train.steps", "0"], "train.steps must be >= 1"),
     (["--model.hidden", "0"], "model.hidden must be >= 1"),
-    (["--model.gate", "XY"], "model.gate"),
+    (["--model.variant", "XY"], "--model.variant: unknown variant 'XY'"),
+    (["--model.chunk_size", "x"], "--model.chunk_size: expected none, auto or a positive integer, got 'x'"),
+    (["--model.chunk_size", "-2"], "--model.chunk_size: chunk_size must be None, a positive int or 'auto'"),
+    (["--model.backend", "reference", "--model.chunk_size", "16"], "backend='reference' takes no backend options"),
+    (["--model.gate", "lstm"], "--model.gate is no longer an option: use --model.variant"),
+    (["--model.rnn", "lstm"], "--model.rnn is no longer an option: use --model.variant"),
     (["--data.batch_size", "6", "--train.grad_accum", "4"], "data.batch_size=6 is not divisible by train.grad_accum"),
     (["--tokenizer.vocab_size", "100"], "tokenizer.vocab_size=100 is too small with byte_fallback"),
     (["--data.files", "x.txt"], "add --data.source files"),
@@ -69,12 +77,30 @@ def test_ambiguous_bare_key():
 
 def test_yaml_config_file(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("model:\n  hidden: 40\ntrain.lr: 0.5\n")
+    p.write_text("model:\n  hidden: 40\n  chunk_size: 8\ntrain.lr: 0.5\ndata:\n  source: files\n  files: [a, b]\n")
     cfg = parse("--config", str(p), "--hidden", "48")
-    assert cfg.model.hidden == 48 and cfg.train.lr == 0.5
+    assert cfg.model.hidden == 48 and cfg.train.lr == 0.5 and cfg.model.chunk_size == 8
+    assert cfg.data.files == ["a", "b"] and cfg.train.steps == PRESETS["quickstart"]["train"]["steps"]
     p.write_text("model:\n  hiddn: 40\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key --model.hiddn"):
         parse("--config", str(p))
+    p.write_text("train:\n  steps: many\n")  # a value of the wrong type names the file and the key
+    with pytest.raises(ConfigError, match=r"c.yaml: --train.steps: invalid int value: 'many'"):
+        parse("--config", str(p))
+    p.write_text("train: [\n")
+    with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML"):
+        parse("--config", str(p))
+
+
+def test_union_values_dash_values_and_what_the_command_line_set():
+    cfg = parse("--model.chunk_size", "64", "--variant", "-R")
+    assert cfg.model.chunk_size == 64 and cfg.model.variant == "-R"
+    assert parse("--chunk_size", "auto").model.chunk_size == "auto" and parse("--chunk_size", "none").model.chunk_size is None
+    assert parse("--variant", "--").model.variant == "--" and parse("--variant", "U-LSTM").model.variant == "U-"
+    assert parse("--variant", "classic").model.variant == "classic"
+    # a preset counts in epochs; only what the command line itself gave is reported as given
+    cfg, given = read_config(VisionJobConfig, ["--preset", "smnist-tiny", "--steps", "2"], VISION_PRESETS, "smnist")
+    assert given == {"train.steps", "run.preset"} and cfg.data.epochs == VISION_PRESETS["smnist-tiny"]["data"]["epochs"]
 
 
 def test_config_hash_ignores_resume_safe_fields_only():
@@ -89,4 +115,5 @@ def test_help_lists_options(capsys):
         parse("--help")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--model.hidden" in out and "presets: quickstart, wt103" in out
+    assert "--model.hidden" in out and "Presets: quickstart, wt103" in out
+    assert "hidden units per recurrent layer" in out and "--lr" in out  # per-field help; unique bare names

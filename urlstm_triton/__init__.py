@@ -3,6 +3,7 @@ from .convert import convert_ur_lstm_torch_state_dict, urlstm_from_ur_lstm_torch
 from .functional import urlstm
 from .gates import ALL_VARIANTS, GateSpec, parse_gate
 from .layer import URLSTM, URLSTMCell
+from .options import LayerOptions
 from .reference import cell_update, reference_recurrence
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ __all__ = [
     "URLSTM",
     "URLSTMCell",
     "urlstm",
+    "LayerOptions",
     "GateSpec",
     "parse_gate",
     "ALL_VARIANTS",

@@ -13,6 +13,8 @@ from typing import Optional, Union
 
 import torch
 
+from .options import check_chunk_size, check_memory_budget
+
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -76,18 +78,13 @@ def auto_chunk_size(steps: int, batch: int, input_size: int, hidden: int, gates:
 def resolve_chunk_size(chunk_size: Union[None, int, str], steps: int, batch: int, input_size: int, hidden: int,
                        gates: int, dtype: torch.dtype, device: torch.device,
                        memory_budget: Optional[int] = None, gate_dtype: Optional[torch.dtype] = None) -> Optional[int]:
-    """Validate the ``chunk_size`` backend option: ``None`` (save everything), a positive int, or
-    ``"auto"`` (from ``memory_budget`` bytes, default :func:`default_memory_budget`)."""
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, str):
-        if chunk_size != "auto":
-            raise ValueError(f"chunk_size must be None, a positive int or 'auto', got {chunk_size!r}")
+    """The chunk size for the ``chunk_size`` option: ``None`` (save everything), a positive int, or ``"auto"``
+    (from ``memory_budget`` bytes, default :func:`default_memory_budget`; ``gate_dtype``: how the saved gates are
+    stored). The values are checked by the same rules as :class:`~urlstm_triton.options.LayerOptions`."""
+    check_chunk_size("chunk_size", chunk_size)
+    check_memory_budget("memory_budget", memory_budget)
+    if chunk_size == "auto":
         if memory_budget is None:
             memory_budget = default_memory_budget(device)
-        elif not (isinstance(memory_budget, int) and memory_budget > 0):
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         return auto_chunk_size(steps, batch, input_size, hidden, gates, dtype, memory_budget, gate_dtype)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be None, a positive int or 'auto', got {chunk_size!r}")
     return chunk_size

@@ -15,10 +15,9 @@ from torch import Tensor
 
 from .checks import check_dropout, check_float_tensor, check_same_device, check_shape
 from .gates import GateSpec, parse_gate
+from .options import BACKENDS, LayerOptions, make_options
 from .reference import reference_recurrence
 
-BACKENDS = ("auto", "reference", "triton")
-KERNELS = ("auto", "step", "persistent")  # kernel families of the Triton backend (its `kernel` option)
 LayerWeights = Tuple[Tensor, Tensor, Optional[Tensor]]
 _warned = set()
 
@@ -122,7 +121,7 @@ def _gather_time(seq: Tensor, index: Tensor) -> Tensor:
     return seq.gather(0, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
 
 
-def _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, bias, h0, c0, spec, options):
+def _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, bias, h0, c0, spec, run_options):
     """Run a batch sorted by decreasing length as segments of constant batch (cuDNN's packed layout): while
     only the first ``b`` sequences are still running, the backend runs on those ``b`` rows alone, from the
     state they reached. As many backend calls as distinct lengths, T steps in all; the state of a finished
@@ -137,7 +136,7 @@ def _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, bias, h0, c0, spec,
         if active == 0:
             break
         t1 = int(lengths[active - 1])  # the shortest running sequence ends here
-        out, h_b, c_b = recurrence(seq[t0:t1, :active], w_ih, w_hh, bias, h[:active], c[:active], spec, **options)
+        out, h_b, c_b = recurrence(seq[t0:t1, :active], w_ih, w_hh, bias, h[:active], c[:active], spec, **run_options)
         if active < batch:
             out = torch.cat([out, out.new_zeros(t1 - t0, batch - active, hidden)], dim=1)
         pieces.append(out)
@@ -161,7 +160,8 @@ def urlstm(
     training: bool = False,
     backend: str = "auto",
     lengths: Optional[Tensor] = None,
-    **backend_options,
+    options: Optional[LayerOptions] = None,
+    **kernel_options,
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """Run a stacked (bi)directional UR-LSTM with the given weights; conventions of ``torch.nn.LSTM``.
 
@@ -172,15 +172,21 @@ def urlstm(
         state: optional ``(h_0, c_0)``, each ``(num_layers * num_directions, B, H)`` (or ``(L*D, H)``).
         gate: variant name (``"UR"``, ``"U-"``, ``"lstm"`` ...) or a :class:`GateSpec`.
         dropout: probability of dropout on the outputs of every layer but the last, when ``training``.
-        backend: ``"auto"``, ``"reference"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"`` or ``"triton"`` (ignored when ``options`` is given).
         lengths: optional ``(B,)`` sequence lengths of a padded batch, sorted in decreasing order (what a
             ``PackedSequence`` holds): each sequence stops at its own length (its final state is taken there, the
             reverse direction starts there, outputs past it are zero). ``URLSTM`` passes it for packed input.
-        backend_options: passed to the backend (e.g. kernel choices of the Triton backend).
+        options: a :class:`~urlstm_triton.options.LayerOptions` (what ``URLSTM`` passes); without it, ``backend``
+            and ``kernel_options`` (``kernel=``, ``chunk_size=`` ... the Triton backend's options) make one.
+            An unknown keyword is a ``TypeError`` naming it.
 
     Returns:
         ``(output, (h_n, c_n))`` with ``output`` ``(T, B, D*H)`` (batch-first if ``batch_first``).
     """
+    if options is None:
+        options = make_options(backend=backend, **kernel_options)
+    elif kernel_options or backend != "auto":
+        raise TypeError("give either options= or the backend/kernel keywords, not both")
     spec = parse_gate(gate)
     dropout = check_dropout(dropout)
     check_float_tensor("input", input)
@@ -231,15 +237,17 @@ def urlstm(
             "module (e.g. module.to(input.dtype)), or run under torch.autocast"
         )
 
-    recurrence = resolve_backend(backend, spec, x.device, x.dtype)
-    if backend_options and recurrence is reference_recurrence:
-        # Options such as chunk_size tune the kernels; the reference has none.
-        if backend == "reference":
-            raise TypeError(f"backend='reference' takes no backend options, got {sorted(backend_options)}")
-        _warn_once(("ignored", tuple(sorted(backend_options))),
-                   f"backend options {sorted(backend_options)} tune the Triton kernels; the reference recurrence "
-                   f"that runs here (device {x.device.type}, gate {spec.code!r}) ignores them")
-        backend_options = {}
+    recurrence = resolve_backend(options.backend, spec, x.device, x.dtype)
+    run_options = {}
+    if recurrence is not reference_recurrence:
+        run_options = {"options": options}
+    elif options.kernel_options():
+        # Options such as chunk_size tune the kernels (LayerOptions refuses them with backend='reference'); a
+        # model configured for a GPU still runs on a laptop, where auto picks the reference.
+        names = sorted(options.kernel_options())
+        _warn_once(("ignored", tuple(names)),
+                   f"backend options {names} tune the Triton kernels; the reference recurrence that runs here "
+                   f"(device {x.device.type}, gate {spec.code!r}) ignores them")
     if lengths is not None:
         if unbatched:
             raise ValueError("lengths needs a batched 3-D input (one length per batch row)")
@@ -254,12 +262,12 @@ def urlstm(
             w_ih, w_hh, b = weights[k]
             if lengths is None:
                 seq = layer_input.flip(0) if d == 1 else layer_input
-                out, h_last, c_last = recurrence(seq, w_ih, w_hh, b, h0[k], c0[k], spec, **backend_options)
+                out, h_last, c_last = recurrence(seq, w_ih, w_hh, b, h0[k], c0[k], spec, **run_options)
                 outs.append(out.flip(0) if d == 1 else out)
             else:
                 seq = _gather_time(layer_input, reverse_index) if d == 1 else layer_input
                 out, h_last, c_last = _ragged_recurrence(recurrence, seq, lengths, w_ih, w_hh, b, h0[k], c0[k],
-                                                         spec, backend_options)
+                                                         spec, run_options)
                 outs.append(_gather_time(out, reverse_index) if d == 1 else out)
             h_n.append(h_last)
             c_n.append(c_last.to(h_last.dtype))

@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_dropout, check_float_tensor, check_positive_int, check_same_device, check_shape
-from .functional import BACKENDS, LayerWeights, urlstm
+from .functional import LayerWeights, urlstm
 from .gates import GateSpec, init_layer_, parse_gate
+from .options import LayerOptions, make_options
 from .reference import cell_update
 
 
@@ -34,7 +35,11 @@ class URLSTM(nn.Module):
             ``"triton"``.
         forget_bias: forget-gate bias for the standard init (``-``; default 1.0) or, if given, for ``lstm``.
         chrono_tmax: ``T_max`` of chrono initialisation (required for ``C`` variants).
-        backend_options: keyword options passed on to the backend on every call.
+        options: a :class:`~urlstm_triton.options.LayerOptions` instead of ``backend`` and the keywords below.
+        kernel_options: the Triton backend's options (``kernel``, ``chunk_size``, ``memory_budget``,
+            ``dot_precision``, ``cuda_graph``, ``config``), validated here. Any other keyword is a ``TypeError``
+            naming it, as ``nn.LSTM`` does; ``proj_size`` (an ``nn.LSTM`` feature the URLSTM lacks) is a
+            ``NotImplementedError`` unless 0.
 
     Parameters per layer ``k`` (suffix ``_reverse`` for the backward direction): ``weight_ih_l{k}``
     ``(G*H, I_k)``, ``weight_hh_l{k}`` ``(G*H, H)`` and one ``bias_l{k}`` ``(G*H,)``, gate blocks in the order
@@ -56,9 +61,18 @@ class URLSTM(nn.Module):
         chrono_tmax: Optional[float] = None,
         device=None,
         dtype=None,
-        **backend_options,
+        proj_size: int = 0,
+        options: Optional[LayerOptions] = None,
+        **kernel_options,
     ):
         super().__init__()
+        if proj_size:
+            raise NotImplementedError(f"proj_size={proj_size}: URLSTM has no projection of h (nn.LSTM's proj_size); "
+                                      "add an nn.Linear after the layer instead")
+        if options is not None and (kernel_options or backend != "auto"):
+            raise TypeError("give either options= or the backend/kernel keywords, not both")
+        self.options = make_options(options, what="URLSTM keyword argument", backend=backend, **kernel_options) \
+            if options is None else options
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -67,10 +81,6 @@ class URLSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.spec = parse_gate(gate)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-        self.backend_options = dict(backend_options)
         _check_gate_options(self.spec, chrono_tmax)
         self.forget_bias = forget_bias
         self.chrono_tmax = chrono_tmax
@@ -100,6 +110,10 @@ class URLSTM(nn.Module):
     @property
     def gate(self) -> str:
         return self.spec.code
+
+    @property
+    def backend(self) -> str:
+        return self.options.backend
 
     @property
     def num_directions(self) -> int:
@@ -141,9 +155,8 @@ class URLSTM(nn.Module):
             batch_first=self.batch_first if batch_first is None else batch_first,
             dropout=self.dropout,
             training=self.training,
-            backend=self.backend,
             lengths=lengths,
-            **self.backend_options,
+            options=self.options,
         )
 
     def _forward_packed(self, packed: nn.utils.rnn.PackedSequence, state):
@@ -176,6 +189,8 @@ class URLSTM(nn.Module):
                               ("backend", "auto")):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
+        for name, value in self.options.kernel_options().items():
+            s += f", {name}={value!r}"
         return s
 
     @classmethod

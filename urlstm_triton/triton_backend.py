@@ -3,7 +3,8 @@
 ``functional.resolve_backend`` imports this module (an ImportError means "no Triton here") and uses
 :func:`is_available`, :func:`unavailable_reason` and :func:`triton_recurrence`.
 
-Backend options (``URLSTM(..., backend="triton", **options)`` or ``urlstm(..., **options)``):
+Backend options: the fields of :class:`urlstm_triton.options.LayerOptions` (``URLSTM(..., backend="triton",
+kernel="step", chunk_size=64)`` makes one; ``triton_recurrence`` takes one as ``options=`` or its fields as keywords):
 
 - ``kernel``: ``"auto"`` | ``"step"`` | ``"persistent"``: the kernel family. ``"step"`` launches one
   kernel per time step (any B, H). ``"persistent"`` (one launch per chunk; ``kernels/persistent.py``) is
@@ -40,12 +41,11 @@ from torch import Tensor
 from . import kernels as _kernels
 from . import selfcheck
 from .chunking import resolve_chunk_size
-from .functional import KERNELS
 from .gates import GateSpec
+from .options import KERNEL_OPTION_NAMES, KERNELS, LayerOptions, make_options
 from .triton_autograd import ChunkedRecurrence, FusedRecurrence, run_forward
 
-OPTIONS = ("kernel", "chunk_size", "memory_budget", "dot_precision", "config", "cuda_graph", "gate_storage")
-GATE_STORAGE = ("compute", "fp32")
+OPTIONS = KERNEL_OPTION_NAMES
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -148,13 +148,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def triton_recurrence(
     x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor], h0: Tensor, c0: Tensor, spec: GateSpec,
-    **opts,
+    options: Optional[LayerOptions] = None, **kernel_options,
 ):
     """One layer, one direction: same contract as :func:`urlstm_triton.reference.reference_recurrence`
-    (``(out (T, B, H), h_T, c_T)``; ``c_T`` in fp32 for half precision). Options: see the module docstring."""
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown triton backend option(s) {unknown}; valid: {list(OPTIONS)}")
+    (``(out (T, B, H), h_T, c_T)``; ``c_T`` in fp32 for half precision). ``options``: a ``LayerOptions``, or its
+    kernel fields as keywords (see the module docstring)."""
+    opts = make_options(options, **kernel_options)
     reason = unavailable_reason(x.device)
     if reason:
         raise RuntimeError(f"backend='triton' cannot run on {x.device}: {reason}")
@@ -166,22 +165,19 @@ def triton_recurrence(
     steps, batch, in_size = x.shape
     hidden = w_hh.shape[1]
     gates = w_hh.shape[0] // hidden
-    storage = opts.get("gate_storage", "compute")
-    if storage not in GATE_STORAGE:
-        raise ValueError(f"gate_storage must be one of {GATE_STORAGE}, got {storage!r}")
-    gate_dtype = torch.float32 if storage == "fp32" else dtype
-    chunk = resolve_chunk_size(opts.get("chunk_size"), steps, batch, in_size, hidden, gates,
-                               dtype, x.device, opts.get("memory_budget"), gate_dtype)
-    family = choose_kernel(opts.get("kernel", "auto"), batch, hidden, x.device, dtype=dtype,
-                           steps=min(chunk or steps, steps), mode=mode)
-    if opts.get("cuda_graph", False):
+    gate_dtype = torch.float32 if opts.gate_storage == "fp32" else dtype
+    chunk = resolve_chunk_size(opts.chunk_size, steps, batch, in_size, hidden, gates, dtype, x.device,
+                               opts.memory_budget, gate_dtype)
+    family = choose_kernel(opts.kernel, batch, hidden, x.device, dtype=dtype, steps=min(chunk or steps, steps),
+                           mode=mode)
+    if opts.cuda_graph:
         if x.device.type != "cuda" or kernels_interpreted():
             raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"
                              + (" under TRITON_INTERPRET" if kernels_interpreted() else ""))
         family = graphed(family)
     on_gpu = x.device.type == "cuda" and not kernels_interpreted()
-    config = opts.get("config") or _kernels.pick_config(
-        batch, hidden, on_gpu, opts.get("dot_precision", "ieee"), _num_sms(x.device) if on_gpu else None,
+    config = opts.config or _kernels.pick_config(
+        batch, hidden, on_gpu, opts.dot_precision, _num_sms(x.device) if on_gpu else None,
         torch.empty((), dtype=dtype).element_size(), gates, torch.empty((), dtype=gate_dtype).element_size())
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),

@@ -18,7 +18,7 @@ from typing import Iterator, Tuple
 import numpy as np
 import torch
 
-from ..training.config import ConfigError
+from ..training.errors import ConfigError
 
 
 def rank_rows(n_rows: int, rank: int, world: int) -> Tuple[int, int]:

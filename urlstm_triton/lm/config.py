@@ -8,45 +8,35 @@ batch 128, Adam 1e-3, dropout 0.3).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Literal
 
-from ..gates import parse_gate
-from ..training.config import ConfigError, opt
-from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options
+from ..training.config import opt
+from ..training.errors import ConfigError
+from ..training.recurrent import RecurrentConfig
 from ..training.sections import RunConfig, TrainConfig
 
 
 @dataclass
-class ModelConfig:
-    rnn: str = opt("urlstm", "recurrent layer: the UR-LSTM family or the classic torch.nn.LSTM baseline",
-                   choices=("urlstm", "lstm"))
-    gate: str = opt("UR", "URLSTM gate variant (UR, U-, -R, --, C-, OM, lstm, ...)")
-    backend: str = opt("auto", "URLSTM backend", choices=("auto", "reference", "triton"), resume_safe=True)
-    chunk_size: str = opt("none", CHUNK_HELP, resume_safe=True)
-    kernel: str = opt("auto", KERNEL_HELP, choices=KERNELS, resume_safe=True)
-    embed: int = opt(256, "embedding size (also the decoder's input size: weights are tied)")
+class ModelConfig(RecurrentConfig):
+    """The recurrent core (``RecurrentConfig``: variant, hidden, layers, backend ...) and the LM around it."""
+
     hidden: int = opt(512, "hidden units per recurrent layer")
-    layers: int = opt(1, "recurrent layers")
+    embed: int = opt(256, "embedding size (also the decoder's input size: weights are tied)")
     dropout: float = opt(0.1, "dropout on embeddings, between layers and on the output")
     tie_weights: bool = opt(True, "tie the decoder's weight to the embedding (a projection maps hidden -> embed)")
 
     def validate(self, cfg) -> None:
-        for name in ("embed", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        super().validate(cfg)
+        if self.embed < 1:
+            raise ConfigError(f"model.embed must be >= 1, got {self.embed}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        try:
-            parse_gate(self.gate)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"model.gate: {e}") from None
-        layer_backend_options(self.backend, self.chunk_size, self.kernel)
 
 
 @dataclass
 class DataConfig:
-    source: str = opt("pydoc", "corpus: Python's pydoc_data.topics (offline), a Hugging Face dataset, or "
-                               "local files", choices=("pydoc", "hf", "files"))
+    source: Literal["pydoc", "hf", "files"] = opt("pydoc", "corpus: Python's pydoc_data.topics (offline), a Hugging "
+                                                           "Face dataset, or local files")
     hf_name: str = opt("Salesforce/wikitext", "Hugging Face dataset name (source=hf)")
     hf_config: str = opt("wikitext-103-raw-v1", "Hugging Face dataset config (source=hf)")
     files: List[str] = opt([], "local .txt/.parquet files (source=files): split=PATH, or paths whose names "
@@ -79,7 +69,7 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    type: str = opt("unigram", "sentencepiece model type", choices=("unigram", "bpe"))
+    type: Literal["unigram", "bpe"] = opt("unigram", "sentencepiece model type")
     vocab_size: int = opt(8000, "vocabulary size")
     byte_fallback: bool = opt(True, "encode unknown characters as UTF-8 bytes (needs vocab_size > ~260)")
     character_coverage: float = opt(0.9995, "fraction of characters covered by single-character pieces")
@@ -105,6 +95,11 @@ class LMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    # options of earlier versions, and what replaced them (the old --model.gate lstm meant the URLSTM's classic
+    # mode while lstm now means torch.nn.LSTM everywhere, so the old names are refused rather than guessed)
+    RENAMED = {key: "use --model.variant: a gate code (UR, U-, ...), lstm (torch.nn.LSTM) or classic (the URLSTM's "
+                    "classic-LSTM mode, the old --model.gate lstm)" for key in ("model.rnn", "model.gate", "rnn", "gate")}
 
 
 PRESETS = {

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from ..training.session import DataError
+from ..training.errors import DataError
 
 log = logging.getLogger("urlstm_triton.lm")
 SPLITS = ("train", "valid", "test")

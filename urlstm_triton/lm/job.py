@@ -12,7 +12,7 @@ from ..training import RunSession, Trainer, parse_config, run_main
 from .config import PRESETS, LMConfig
 from .data import prepare_data
 from .model import build_model
-from .task import LMTask
+from .objective import LMObjective
 
 log = logging.getLogger("urlstm_triton.lm")
 
@@ -33,10 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     set_seed(cfg.train.seed)  # the same initial parameters on every process and for every data source
     model = build_model(cfg.model, data.vocab_size, cfg.data.bptt)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s %s, %.2fM parameters", cfg.model.rnn, cfg.model.gate if cfg.model.rnn == "urlstm" else "",
-             n_params / 1e6)
-    task = LMTask(cfg, data, acc)
-    summary = Trainer(session, model, task).fit()
+    log.info("model: %s, %.2fM parameters", cfg.model.variant, n_params / 1e6)
+    summary = Trainer(session, model, LMObjective(cfg, data, acc)).fit()
     if acc.is_main_process:
         for split, m in summary["eval"].items():
             line = f"{split}: loss {m['loss']:.4f}  token ppl {m['ppl']:.2f}"

@@ -11,37 +11,28 @@ from typing import Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..layer import URLSTM
-from ..training.layer_options import layer_backend_options
-from ..gates import parse_gate
+from ..training.recurrent import build_recurrent
 
 State = Tuple[Tensor, Tensor]
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int = 1, dropout: float = 0.0,
-                 rnn: str = "urlstm", gate: str = "UR", backend: str = "auto", tie_weights: bool = True,
-                 chrono_tmax: Optional[float] = None, **backend_options):
+    """``model_cfg``: the job's ``model`` section (``urlstm_triton.lm.config.ModelConfig``); chrono variants take
+    ``bptt`` as their ``T_max`` unless ``model.chrono_tmax`` says otherwise."""
+
+    def __init__(self, vocab_size: int, model_cfg, bptt: int):
         super().__init__()
+        m = model_cfg
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, embed)
-        self.drop = nn.Dropout(dropout)
-        inner = dropout if layers > 1 else 0.0
-        if rnn == "urlstm":
-            spec = parse_gate(gate)
-            tmax = chrono_tmax if (spec.primary == "C" and not spec.classic) else None
-            self.rnn = URLSTM(embed, hidden, layers, dropout=inner, gate=gate, backend=backend, chrono_tmax=tmax,
-                              **backend_options)
-        elif rnn == "lstm":
-            self.rnn = nn.LSTM(embed, hidden, layers, dropout=inner)
-        else:
-            raise ValueError(f"model.rnn must be 'urlstm' or 'lstm', got {rnn!r}")
-        self.projection = nn.Linear(hidden, embed) if (tie_weights and hidden != embed) else nn.Identity()
-        out_in = embed if tie_weights else hidden
-        self.decoder = nn.Linear(out_in, vocab_size)
+        self.embedding = nn.Embedding(vocab_size, m.embed)
+        self.drop = nn.Dropout(m.dropout)
+        self.rnn = build_recurrent(m, m.embed, batch_first=False, dropout=m.dropout if m.layers > 1 else 0.0,
+                                   default_tmax=float(max(bptt, 3)))
+        self.projection = nn.Linear(m.hidden, m.embed) if (m.tie_weights and m.hidden != m.embed) else nn.Identity()
+        self.decoder = nn.Linear(m.embed if m.tie_weights else m.hidden, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
-        if tie_weights:
+        if m.tie_weights:
             self.decoder.weight = self.embedding.weight
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -55,7 +46,4 @@ class LanguageModel(nn.Module):
 
 
 def build_model(model_cfg, vocab_size: int, bptt: int) -> LanguageModel:
-    m = model_cfg
-    options = layer_backend_options(m.backend, m.chunk_size, m.kernel) if m.rnn == "urlstm" else {}
-    return LanguageModel(vocab_size, m.embed, m.hidden, m.layers, m.dropout, m.rnn, m.gate, m.backend,
-                         m.tie_weights, chrono_tmax=float(max(bptt, 3)), **options)
+    return LanguageModel(vocab_size, model_cfg, bptt)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..training.checkpoint import CheckpointManager, CorruptCheckpoint, load_file
-from ..training.session import DataError
+from ..training.checkpoint import CheckpointManager, load_model_weights
+from ..training.errors import CorruptCheckpoint, DataError
 from .config import ModelConfig
 from .model import LanguageModel, build_model
 
@@ -39,7 +39,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device="cpu"):
     CheckpointManager.verify(ck)
     model_cfg = ModelConfig(**cfg["model"])
     model = build_model(model_cfg, sp.get_piece_size(), cfg["data"]["bptt"])
-    model.load_state_dict(load_file(ck / "model.pt"))
+    load_model_weights(model, ck)
     return model.to(device).eval(), sp, ck
 
 

@@ -17,19 +17,10 @@ import random
 import shutil
 from pathlib import Path
 
-from ..training.checkpoint import write_json_atomic
-from ..training.config import ConfigError
-from ..training.session import DataError
+from ..training.errors import ConfigError, DataError
+from ..training.files import sha256_file, write_json_atomic
 
 log = logging.getLogger("urlstm_triton.lm")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tokenizer_settings(cfg) -> dict:
@@ -94,7 +85,7 @@ def get_tokenizer(cfg, corpus, is_main: bool = True):
         if sp.get_piece_size() != t.vocab_size:
             raise DataError(f"tokenizer.model_file {path} has {sp.get_piece_size()} pieces but "
                             f"tokenizer.vocab_size is {t.vocab_size}: make them agree")
-        return sp, path, file_sha256(path)
+        return sp, path, sha256_file(path)
     key = tokenizer_key(cfg, corpus.key)
     cache = Path(cfg.data.cache_dir) / f"tokenizer-{key}"
     model, meta_path = cache / "spm.model", cache / "meta.json"
@@ -109,7 +100,7 @@ def get_tokenizer(cfg, corpus, is_main: bool = True):
                     f"delete {cache} to retrain it")
         if meta.get("data_key") != corpus.key:
             raise DataError(f"tokeniser cache {cache} was trained on other data; delete {cache} to retrain it")
-        sha = file_sha256(model)
+        sha = sha256_file(model)
         if sha != meta.get("sha256"):
             raise DataError(f"tokeniser cache {model} has changed since it was trained (sha256 differs from "
                             f"{meta_path}); delete {cache} to retrain it")
@@ -123,7 +114,7 @@ def get_tokenizer(cfg, corpus, is_main: bool = True):
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     _train(cfg, corpus.splits["train"], tmp)
-    sha = file_sha256(tmp / "spm.model")
+    sha = sha256_file(tmp / "spm.model")
     write_json_atomic({**want, "sha256": sha, "vocab_size": t.vocab_size}, tmp / "meta.json")
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(tmp, cache)

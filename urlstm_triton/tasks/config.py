@@ -8,49 +8,25 @@ Presets: the paper's settings (``copy``, ``adding``, ``smnist``, ``pmnist``, ``s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-from ..functional import BACKENDS
-from ..gates import ALL_VARIANTS
-from ..training.config import ConfigError, opt
-from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options
+from ..training.config import opt, optional
+from ..training.errors import ConfigError
+from ..training.recurrent import RecurrentConfig
 from ..training.sections import RunConfig, TrainConfig
-from .models import READOUTS, check_variant
+from .models import READOUTS
 from .synthetic import SYNTHETIC_TASKS
 from .vision import VISION_TASKS
 
 MNIST_5K = "data/mnist-5k/mnist_5k.csv.gz"  # shipped with the repository: data/README.md
 
-
-@dataclass
-class ModelConfig:
-    variant: str = opt("UR", "gate variant, one of " + " ".join(ALL_VARIANTS) + " (UR: the UR-LSTM; lstm: "
-                             "torch.nn.LSTM; paper names such as U-LSTM work too)")
-    hidden: int = opt(256, "hidden units of the recurrent layer")
-    layers: int = opt(1, "recurrent layers")
-    backend: str = opt("auto", "recurrence backend of the URLSTM variants", choices=BACKENDS, resume_safe=True)
-    chunk_size: str = opt("none", CHUNK_HELP, resume_safe=True)
-    kernel: str = opt("auto", KERNEL_HELP, choices=KERNELS, resume_safe=True)
-    forget_bias: Optional[float] = opt(None, "forget-gate bias of the standard init ('-' variants) and of lstm "
-                                             "(default: 1 for '-', PyTorch's init for lstm)")
-    chrono_tmax: Optional[float] = opt(None, "T_max of chrono init (C variants); default: the sequence length")
-
-    def validate(self, cfg) -> None:
-        try:
-            self.variant = check_variant(self.variant)
-        except ValueError as e:
-            raise ConfigError(f"--model.variant: {e}") from None
-        for name in ("hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        layer_backend_options(self.backend, self.chunk_size, self.kernel)
-        if self.chrono_tmax is not None and not self.chrono_tmax > 2:
-            raise ConfigError(f"model.chrono_tmax must be greater than 2, got {self.chrono_tmax}")
+# the model section of both jobs is the shared recurrent config (variant, hidden, layers, backend, ...)
+ModelConfig = RecurrentConfig
 
 
 @dataclass
 class SyntheticConfig:
-    name: str = opt("copy", "synthetic task", choices=SYNTHETIC_TASKS)
+    name: Literal[SYNTHETIC_TASKS] = opt("copy", "synthetic task")
     lag: int = opt(480, "copy task: blanks between the 10 symbols and the 10 cue markers")
     length: int = opt(2000, "adding task: sequence length T")
     batch_size: int = opt(10, "sequences per optimiser step (per process)")
@@ -76,23 +52,26 @@ class SyntheticJobConfig:
 
 @dataclass
 class VisionDataConfig:
-    task: str = opt("smnist", "smnist (784 steps of 1 pixel), pmnist (one fixed permutation), scifar "
-                              "(1024 steps of RGB)", choices=tuple(VISION_TASKS))
-    data: Optional[str] = opt(None, "local file (.csv/.csv.gz, .npz, .parquet); default: the hub data set")
-    test_data: Optional[str] = opt(None, "local test file (else the data file's test split, or a split of it)")
-    hub_name: Optional[str] = opt(None, "hub data set name (default ylecun/mnist or uoft-cs/cifar10)")
+    task: Literal[tuple(VISION_TASKS)] = opt("smnist", "smnist (784 steps of 1 pixel), pmnist (one fixed "
+                                                       "permutation), scifar (1024 steps of RGB)")
+    data: Optional[str] = opt(None, "local file (.csv/.csv.gz, .npz, .parquet); default: the hub data set",
+                              parse=optional(str))
+    test_data: Optional[str] = opt(None, "local test file (else the data file's test split, or a split of it)",
+                                   parse=optional(str))
+    hub_name: Optional[str] = opt(None, "hub data set name (default ylecun/mnist or uoft-cs/cifar10)",
+                                  parse=optional(str))
     test_fraction: float = opt(0.2, "share of a single file kept for testing (deterministic split)")
     split_seed: int = opt(0, "seed of the train/test split of a single file")
-    label_column: str = opt("last", "csv: where the label is", choices=("last", "first"))
+    label_column: Literal["last", "first"] = opt("last", "csv: where the label is")
     permutation_seed: int = opt(0, "pmnist: seed of the one fixed pixel permutation")
-    max_train: Optional[int] = opt(None, "use only the first N training images")
-    max_test: Optional[int] = opt(None, "use only the first N test images")
+    max_train: Optional[int] = opt(None, "use only the first N training images", parse=optional(int))
+    max_test: Optional[int] = opt(None, "use only the first N test images", parse=optional(int))
     batch_size: int = opt(50, "images per optimiser step (per process)")
     eval_batch_size: int = opt(500, "images per evaluation batch", resume_safe=True)
     epochs: float = opt(0.0, "train for this many epochs (sets train.steps from the training-set size; 0: use "
                              "train.steps)")
-    readout: str = opt("last", "classifier input: the last hidden state, or all states concatenated (the "
-                               "community port's)", choices=READOUTS)
+    readout: Literal[READOUTS] = opt("last", "classifier input: the last hidden state, or all states concatenated "
+                                             "(the community port's)")
     mlp_hidden: int = opt(256, "units of the ReLU layer between the readout and the 10 classes")
 
     def validate(self, cfg) -> None:

@@ -1,53 +1,13 @@
-"""Models for the validation tasks: one recurrent layer (any gate variant) and a small task head.
-
-Every variant comes from one name (``urlstm_triton.ALL_VARIANTS``): ``"lstm"`` is ``torch.nn.LSTM`` itself (the
-outside baseline, cuDNN on a GPU), every other name is a :class:`~urlstm_triton.URLSTM` with that gate.
-"""
+"""Task heads for the validation tasks around one recurrent layer (built from the ``model`` section by
+``urlstm_triton.training.recurrent.build_recurrent``: any gate variant, ``lstm`` = torch.nn.LSTM, ``classic``)."""
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_positive_int
-from ..gates import ALL_VARIANTS, parse_gate
-from ..layer import URLSTM
 
 READOUTS = ("last", "concat")
-
-
-def check_variant(name: str) -> str:
-    """The canonical code of a gate variant (``"UR"``, ``"U-"``, ``"lstm"``...); ``ValueError`` if unknown."""
-    try:
-        return parse_gate(name).code
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(ALL_VARIANTS)} "
-                         f"(or a paper name such as 'UR-LSTM')") from err
-
-
-def make_recurrent(variant: str, input_size: int, hidden_size: int, *, num_layers: int = 1, backend: str = "auto",
-                   forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None,
-                   **backend_options) -> nn.Module:
-    """A batch-first recurrent layer of the given variant.
-
-    ``"lstm"`` gives ``torch.nn.LSTM``; ``forget_bias``, when given, sets its forget-gate bias (the ``f`` block
-    of ``bias_ih``; ``bias_hh``'s ``f`` block is zeroed so the sum is exactly ``forget_bias``). Chrono
-    variants need ``chrono_tmax``, which callers set to the task's dependency length. ``backend_options``
-    (``chunk_size``, ``kernel``) go to the URLSTM's Triton backend; ``torch.nn.LSTM`` has none.
-    """
-    code = check_variant(variant)
-    if code == "lstm":
-        rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
-        if forget_bias is not None:
-            with torch.no_grad():
-                for layer in range(num_layers):
-                    getattr(rnn, f"bias_ih_l{layer}")[hidden_size:2 * hidden_size].fill_(float(forget_bias))
-                    getattr(rnn, f"bias_hh_l{layer}")[hidden_size:2 * hidden_size].zero_()
-        return rnn
-    return URLSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True, gate=code, backend=backend,
-                  forget_bias=forget_bias, chrono_tmax=chrono_tmax, **backend_options)
 
 
 class CopyModel(nn.Module):

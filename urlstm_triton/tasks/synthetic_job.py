@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..training import RunSession, Task, Trainer, parse_config
+from ..training import Objective, RunSession, Trainer, parse_config
+from ..training.recurrent import build_recurrent
 from .config import SYNTHETIC_PRESETS, SyntheticJobConfig
-from ..training.layer_options import layer_backend_options
-from .models import AddingModel, CopyModel, make_recurrent
+from .models import AddingModel, CopyModel
 from .run_summary import complete_summary
 from .synthetic import COPY_VOCAB, AddingTask, CopyTask, SyntheticTask, make_synthetic_task
 
@@ -26,15 +26,13 @@ def build_task(cfg: SyntheticJobConfig) -> SyntheticTask:
 
 def build_model(cfg: SyntheticJobConfig, task: SyntheticTask) -> torch.nn.Module:
     m = cfg.model
-    rnn = make_recurrent(m.variant, task.input_size, m.hidden, num_layers=m.layers, backend=m.backend,
-                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(task.seq_len),
-                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
+    rnn = build_recurrent(m, task.input_size, batch_first=True, default_tmax=float(task.seq_len))
     if isinstance(task, CopyTask):
         return CopyModel(rnn, m.hidden, COPY_VOCAB, task.output_slice)
     return AddingModel(rnn, m.hidden)
 
 
-class SyntheticTrainTask(Task):
+class SyntheticObjective(Objective):
     """Copy: cross-entropy over the 10 cue steps, per-symbol accuracy. Adding: MSE of the sum."""
 
     eval_splits = (EVAL_SPLIT,)
@@ -94,7 +92,7 @@ def run(cfg: SyntheticJobConfig) -> Dict[str, Any]:
              "seq_len": task.seq_len, "params": sum(p.numel() for p in model.parameters()),
              "device": str(session.accelerator.device)}
     try:
-        summary = Trainer(session, model, SyntheticTrainTask(task, session)).fit()
+        summary = Trainer(session, model, SyntheticObjective(task, session)).fit()
     finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
         if session.is_main:
             summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..training import ConfigError, RunSession, Task, Trainer, parse_config
-from ..training.checkpoint import write_json_atomic
+from ..training import ConfigError, Objective, RunSession, Trainer, read_config
+from ..training.files import write_json_atomic
+from ..training.recurrent import build_recurrent
 from .config import VISION_PRESETS, VisionJobConfig
-from ..training.layer_options import layer_backend_options
-from .models import SequenceClassifier, make_recurrent
+from .models import SequenceClassifier
 from .run_summary import complete_summary
 from .synthetic import batch_generator
 from .vision import PixelSequences, fixed_permutation, load_vision_data, vision_task
@@ -55,13 +54,11 @@ def save_permutation(run_dir: Path, perm: torch.Tensor, seed: int, resuming: boo
 
 def build_model(cfg: VisionJobConfig, seq_len: int, channels: int) -> torch.nn.Module:
     m, d = cfg.model, cfg.data
-    rnn = make_recurrent(m.variant, channels, m.hidden, num_layers=m.layers, backend=m.backend,
-                         forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(seq_len),
-                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
+    rnn = build_recurrent(m, channels, batch_first=True, default_tmax=float(seq_len))
     return SequenceClassifier(rnn, m.hidden, seq_len, readout=d.readout, mlp_hidden=d.mlp_hidden)
 
 
-class VisionTrainTask(Task):
+class VisionObjective(Objective):
     """Cross-entropy classification of pixel sequences. Batches come from an endless stream of epochs, each a
     fresh shuffle drawn from ``(seed, epoch)``: the batch of a step is a pure function of the step."""
 
@@ -133,7 +130,7 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
     spec, _ = vision_task(cfg.data.task)
     model = build_model(cfg, spec.seq_len, spec.channels)
-    task = VisionTrainTask(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
+    task = VisionObjective(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
     images_per_step = cfg.data.batch_size * session.accelerator.num_processes
     extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
              "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
@@ -149,17 +146,12 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     return summary
 
 
-def _given(argv: Sequence[str], *keys: str) -> bool:
-    return any(tok.split("=")[0].replace("-", "_") in {"__" + k.lstrip("-") for k in keys} for tok in argv)
-
-
 def main(argv: Sequence[str] = None) -> Dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(VisionJobConfig, argv, presets=VISION_PRESETS, default_preset="smnist",
-                       prog="train/vision.py")
-    # presets count in epochs; an explicit step count on the command line wins over a preset's epochs
-    if _given(argv, "steps", "train.steps"):
-        if _given(argv, "epochs", "data.epochs") and cfg.data.epochs > 0:
+    cfg, given = read_config(VisionJobConfig, argv, presets=VISION_PRESETS, default_preset="smnist",
+                             prog="train/vision.py")
+    # presets count in epochs; a step count given on the command line wins over a preset's epochs
+    if "train.steps" in given:
+        if "data.epochs" in given and cfg.data.epochs > 0:
             raise ConfigError("give either --data.epochs or --train.steps, not both")
         cfg.data.epochs = 0.0
     return run(cfg)

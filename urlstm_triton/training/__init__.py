@@ -4,36 +4,42 @@ A training script does, in order::
 
     cfg = parse_config(MyJobConfig, argv, presets=PRESETS, default_preset="...")   # config.py
     session = RunSession(cfg, job="myjob")      # session.py: run dir, Accelerator, logging, seed
-    model = build_model(cfg)                    # the job's own model
-    task = MyTask(cfg, session)                 # a Task subclass (task.py): batches, loss, evaluation, state
-    summary = Trainer(session, model, task).fit()   # trainer.py: the loop, checkpoints, guards, summary
+    model = build_model(cfg)                    # the job's own model around build_recurrent(cfg.model, ...)
+    objective = MyObjective(cfg, session)       # an Objective subclass (objective.py): batches, loss, evaluation
+    summary = Trainer(session, model, objective).fit()   # trainer.py: the loop, checkpoints, guards, summary
 
 and wraps ``main`` in ``run_main`` for clean error exits. ``MyJobConfig`` is a dataclass with sections
-``run: RunConfig`` and ``train: TrainConfig`` (sections.py) beside its own. Modules:
+``run: RunConfig`` and ``train: TrainConfig`` (sections.py) beside its own; its ``model`` section is (or extends)
+``RecurrentConfig`` (recurrent.py). Modules:
 
-- config: dataclass configs, presets, ``--section.field`` overrides, validation, config hash;
-- sections: the shared ``run`` and ``train`` sections;
-- checkpoint: crash-safe checkpoints with manifest and checksums, fallback, compatibility check, RNG capture;
+- config: dataclass configs read by simple-parsing: presets, YAML, ``--section.field`` overrides, config hash;
+- sections, recurrent: the shared ``run``/``train`` sections; the recurrent model section and its builder;
+- checkpoint: crash-safe checkpoints through ``accelerator.save_state`` with manifest and checksums, fallback,
+  compatibility check;
 - trainer: the loop (accumulation, clipping, mixed precision, non-finite guard, evaluation, logs, summary);
+- errors, files: every exception raised on purpose; checksums, fsync and atomic JSON;
 - guard, signals, faults, schedule, records: the non-finite guard, SIGINT/SIGTERM stop, fault injection for
   tests (``URLSTM_FAULTS``), warmup + cosine schedule, metrics log and JSON summary.
 """
-from .checkpoint import CheckpointManager, CorruptCheckpoint, IncompatibleCheckpoint, capture_rng, restore_rng
-from .config import ConfigError, config_hash, config_to_dict, hashed_fields, opt, parse_config
+from .checkpoint import CheckpointManager
+from .config import config_hash, config_to_dict, hashed_fields, opt, optional, parse_config, read_config
+from .errors import (ConfigError, CorruptCheckpoint, DataError, IncompatibleCheckpoint, NonFiniteError,
+                     TrainingInterrupted)
 from .faults import Faults
-from .guard import NonFiniteError, NonFiniteGuard
+from .guard import NonFiniteGuard
+from .objective import Objective
 from .records import MetricsLog, read_metrics, write_summary
+from .recurrent import RecurrentConfig, build_recurrent
 from .schedule import lr_factor, warmup_cosine
 from .sections import RunConfig, TrainConfig
-from .session import DataError, RunSession, run_main
-from .signals import GracefulStop, TrainingInterrupted
-from .task import Task
+from .session import RunSession, run_main
+from .signals import GracefulStop
 from .trainer import Trainer, build_optimizer
 
 __all__ = [
-    "CheckpointManager", "CorruptCheckpoint", "IncompatibleCheckpoint", "capture_rng", "restore_rng",
-    "ConfigError", "config_hash", "config_to_dict", "hashed_fields", "opt", "parse_config", "Faults",
-    "NonFiniteError", "NonFiniteGuard", "MetricsLog", "read_metrics", "write_summary", "lr_factor",
-    "warmup_cosine", "RunConfig", "TrainConfig", "DataError", "RunSession", "run_main", "GracefulStop",
-    "TrainingInterrupted", "Task", "Trainer", "build_optimizer",
+    "CheckpointManager", "CorruptCheckpoint", "IncompatibleCheckpoint", "ConfigError", "DataError",
+    "NonFiniteError", "TrainingInterrupted", "config_hash", "config_to_dict", "hashed_fields", "opt", "optional",
+    "parse_config", "read_config", "Faults", "NonFiniteGuard", "Objective", "MetricsLog", "read_metrics",
+    "write_summary", "RecurrentConfig", "build_recurrent", "lr_factor", "warmup_cosine", "RunConfig",
+    "TrainConfig", "RunSession", "run_main", "GracefulStop", "Trainer", "build_optimizer",
 ]

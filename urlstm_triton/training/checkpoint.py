@@ -1,126 +1,87 @@
-"""Crash-safe checkpoints: written whole or not at all, verified before they are loaded.
+"""Crash-safe checkpoints written by ``accelerator.save_state``: whole or not at all, verified before loading.
 
 Layout of ``<run>/checkpoints/``::
 
     step-00000120/            a complete checkpoint (the rename into place is the commit point)
-        model.pt optimizer.pt scheduler.pt trainer.pt [scaler.pt]   written by the main process
-        rank000.pt rank001.pt ...                                  per process: RNG states, data position, carry
-        manifest.json                                              step, config hash + fields, sha256 of each file
+        model.safetensors optimizer.bin scheduler.bin [scaler.pt]   accelerator.save_state (FSDP/DeepSpeed: their
+        random_states_0.pkl random_states_1.pkl ...                 own sharded files), RNG states per process,
+        custom_checkpoint_0.pkl ...                                 the objects registered for checkpointing
+        rank000.pt rank001.pt ...                                   per process: the objective's data position, carry
+        manifest.json                                               step, config hash + fields, sha256 of each file
     .tmp-step-00000130/       a checkpoint being written (ignored; removed on the next save)
 
-Every file is fsync'ed, the manifest is written last, then the temporary directory is renamed into place and its
-parent fsync'ed: a SIGKILL or power cut at any moment leaves either the previous set of checkpoints or the new one,
-never half of one. ``latest_valid`` checks the manifest and every checksum, reports a truncated or corrupt
-checkpoint by name and falls back to the previous one. A checkpoint whose config hash differs from the run's is
-refused with the list of differing fields (``IncompatibleCheckpoint``). Several processes must share the run
-directory (one file system), as they do on one machine.
+``save`` lets Accelerate write its state into the temporary directory, adds each process's own file, fsyncs every
+file, writes the manifest last, renames the directory into place and fsyncs its parent: a SIGKILL or power cut at
+any moment leaves the previous set of checkpoints or the new one, never half of one. A step directory is one
+Accelerate itself can load (``accelerator.load_state(path)``, with the same objects registered). ``latest_valid``
+checks the manifest and every checksum, reports a truncated or corrupt checkpoint by name and falls back to the
+previous one. A checkpoint whose config hash differs from the run's is refused with the list of differing fields
+(``IncompatibleCheckpoint``). All processes must share the run directory (one file system).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
-from .config import ConfigError, diff_hashed
+from .config import diff_hashed
+from .errors import CorruptCheckpoint, IncompatibleCheckpoint
+from .files import fsync_dir, fsync_file, save_torch, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: accelerator.save_state layout; 1 (our own model.pt/trainer.pt) is no longer read
+MODEL_FILE = "model.safetensors"  # accelerate's name for the first prepared model's weights
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 log = logging.getLogger("urlstm_triton.training")
 
 
-class IncompatibleCheckpoint(ConfigError):
-    """The checkpoint was written by a run with a different model/data/optimiser config or process count."""
+class _TiedWeightsNote(logging.Filter):
+    """Accelerate warns at every save that it left a shared tensor out of model.safetensors: for the LM that is the
+    decoder weight tied to the embedding, written once and restored as tied on load (the exact-resume tests
+    check it bitwise), so the warning only adds noise to the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
 
 
-class CorruptCheckpoint(RuntimeError):
-    """A checkpoint directory failed verification (missing file, wrong size, wrong checksum, bad manifest)."""
-
-
-# ---------------------------------------------------------------------------------------------- RNG
-def capture_rng() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------- file helpers
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_file(obj: Any, path: Path) -> None:
-    """``torch.save`` then fsync, so the bytes are on disk before the manifest claims them."""
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_file(path: Path) -> Any:
-    # weights_only=False: the files hold numpy RNG states and plain Python objects; they are only loaded after
-    # their sha256 matched the manifest this project wrote.
-    return torch.load(path, map_location="cpu", weights_only=False)
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-# ---------------------------------------------------------------------------------------------- manager
+def rank_file(process_index: int) -> str:
+    return f"rank{process_index:03d}.pt"
+
+
+def load_torch(path) -> Any:
+    # weights_only=False: the files hold plain Python objects; they are only loaded after their sha256 matched
+    # the manifest this project wrote.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint) -> None:
+    """The weights of a checkpoint into an unwrapped ``model`` (for sampling; tied weights are restored as tied;
+    a DDP run's file holds the unwrapped names too)."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(Path(checkpoint) / MODEL_FILE))
+
+
 class CheckpointManager:
     """Save, verify, choose and load checkpoints of one run.
 
     Args:
         directory: ``<run>/checkpoints``.
-        accelerator: the run's ``accelerate.Accelerator`` (process index, barriers, broadcasting).
+        accelerator: the run's ``accelerate.Accelerator``, with the model, optimiser and schedule prepared and the
+            trainer's own state objects registered (``register_for_checkpointing``).
         keep: retention limit (newest ``keep`` complete checkpoints survive a save).
         config_hash, hashed_fields: from ``config.config_hash``/``config.hashed_fields`` of the current run.
     """
@@ -131,13 +92,12 @@ class CheckpointManager:
         self.keep = keep
         self.config_hash = config_hash
         self.hashed_fields = hashed_fields
-        self.last_saved: Optional[Path] = None
 
     # ----------------------------------------------------------------------------------------- saving
-    def save(self, step: int, shared: Dict[str, Any], per_rank: Any, fault_hook=None) -> Path:
-        """Write one checkpoint. ``shared``: name -> object saved by the main process as ``name.pt``;
-        ``per_rank``: this process's object, saved as ``rankNNN.pt``. Collective: every process must call it.
-        ``fault_hook(stage)`` lets the fault-injection tests kill the process half-way through."""
+    def save(self, step: int, per_rank: Any, fault_hook=None) -> Path:
+        """Write one checkpoint: Accelerate's state plus ``per_rank``, this process's object, as ``rankNNN.pt``.
+        Collective: every process must call it. ``fault_hook(stage)`` lets the fault-injection tests kill the
+        process half-way through (after Accelerate wrote its files, before the manifest)."""
         acc = self.acc
         final = self.dir / step_dir_name(step)
         tmp = self.dir / f".tmp-{step_dir_name(step)}"
@@ -147,17 +107,16 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         acc.wait_for_everyone()
-        save_file(per_rank, tmp / f"rank{acc.process_index:03d}.pt")
-        if acc.is_main_process:
-            for name, obj in shared.items():
-                save_file(obj, tmp / f"{name}.pt")
-                if fault_hook is not None:
-                    fault_hook("after_first_file")
+        acc.save_state(str(tmp))
+        save_torch(per_rank, tmp / rank_file(acc.process_index))
+        if acc.is_main_process and fault_hook is not None:
+            fault_hook("after_state")
         acc.wait_for_everyone()
         if acc.is_main_process:
             files = {}
-            for p in sorted(tmp.iterdir()):
-                files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
+                fsync_file(p)
+                files[str(p.relative_to(tmp))] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             manifest = {
                 "format": FORMAT_VERSION,
                 "step": step,
@@ -171,14 +130,14 @@ class CheckpointManager:
                 json.dump(manifest, fh, indent=2, default=str)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            for d in {p.parent for p in tmp.rglob("*")} | {tmp}:
+                fsync_dir(d)
             if final.exists():  # re-saving the same step (e.g. end of a resumed, finished run)
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._apply_retention()
         acc.wait_for_everyone()
-        self.last_saved = final
         return final
 
     def _apply_retention(self) -> None:
@@ -216,7 +175,7 @@ class CheckpointManager:
                 raise CorruptCheckpoint(
                     f"checkpoint {path}: file {name} is truncated or resized ({size} bytes, manifest says "
                     f"{info['bytes']})")
-            if _sha256(fpath) != info["sha256"]:
+            if sha256_file(fpath) != info["sha256"]:
                 raise CorruptCheckpoint(f"checkpoint {path}: file {name} is corrupt (sha256 does not match)")
         return manifest
 
@@ -257,12 +216,9 @@ class CheckpointManager:
                 f"{self.acc.num_processes}: the carried state and data rows are per process; launch with "
                 f"--num_processes {manifest['world_size']}")
 
-    def load(self, path: Path, manifest: Dict[str, Any]) -> Tuple[Dict[str, Any], Any]:
-        """``(shared objects by name, this process's object)`` of a verified checkpoint."""
+    def load(self, path: Path, manifest: Dict[str, Any]) -> Any:
+        """Restore Accelerate's state (model, optimiser, schedule, scaler, RNG, registered objects) from a
+        verified checkpoint and return this process's own object."""
         self.check_compatible(path, manifest)
-        shared = {}
-        for name in manifest["files"]:
-            if name.endswith(".pt") and not name.startswith("rank"):
-                shared[name[:-3]] = load_file(path / name)
-        per_rank = load_file(path / f"rank{self.acc.process_index:03d}.pt")
-        return shared, per_rank
+        self.acc.load_state(str(path))
+        return load_torch(Path(path) / rank_file(self.acc.process_index))

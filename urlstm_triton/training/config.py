@@ -1,11 +1,15 @@
-"""Job configuration: nested dataclasses with presets, command-line overrides, validation and a config hash.
+"""Job configuration: nested dataclasses read by simple-parsing, with presets, YAML files and a config hash.
 
-A job's config is a dataclass whose fields are *sections* (dataclasses themselves, e.g. ``run``, ``train``,
-``model``, ``data``). ``parse_config`` starts from the defaults, applies a preset (``--preset NAME``), then a
-YAML file (``--config FILE``) if given, then every ``--section.field value`` or ``--field value`` on the command
-line, in order. Unknown keys, values of the wrong type and choices outside the allowed set are rejected with a
-``ConfigError`` that names the key, before any work. Each section may define ``validate(cfg)`` for checks
-across fields (impossible sizes); those errors name the field too.
+A job's config is a dataclass whose fields are *sections* (dataclasses themselves: ``run``, ``train``, ``model``,
+``data`` ...). ``parse_config`` starts from the defaults, then applies the preset (``--preset NAME``), a YAML file
+(``--config FILE``, nested ``section: {field: value}`` or dotted ``section.field: value`` keys) and the command
+line, later ones winning. Every option is ``--section.field value``, or ``--field value`` where no other section
+has a field of that name; bool options may be given bare (``--resume``); lists take several values
+(``--data.files a b``). A preset or YAML file goes through the same parser as the command line (its values become
+``--section.field=value`` arguments), so each value is read and checked one way. Unknown keys, values of the wrong
+type and choices outside a ``Literal`` are a ``ConfigError`` naming the key, before any work. Each section may
+define ``validate(cfg)`` for checks across fields; a job config may map old option names to their new ones in a
+``RENAMED`` class attribute (an old name then stops with a line naming the new one).
 
 ``config_hash`` fingerprints the fields that decide what a checkpoint means (model shape, data, optimiser),
 leaving out fields marked ``resume_safe`` (step count, logging, paths), so a run may be resumed with more steps
@@ -13,25 +17,30 @@ but not with a different model.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import sys
-import types
-import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad configuration: unknown key, wrong type, impossible value. The message names the key."""
+_DEST = "cfg"
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+(e-?\d+)?$")  # a value, not an option (argparse's own rule)
 
 
-def opt(default=MISSING, help: str = "", choices: Optional[Sequence] = None, resume_safe: bool = False,
+def opt(default=MISSING, help: str = "", resume_safe: bool = False, parse=None, metavar: str = "",
         default_factory=MISSING):
-    """A config field with a help text, allowed ``choices`` and whether changing it keeps checkpoints valid."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "resume_safe": resume_safe}
+    """A config field with a help text, whether changing it keeps checkpoints valid, and optionally ``parse``,
+    the function that reads its value from text (for unions such as ``chunk_size``; see :func:`optional`), and
+    the ``metavar`` that stands for its value in ``--help``."""
+    meta = {"help": help, "resume_safe": resume_safe}
+    if parse is not None:
+        meta["custom_args"] = {"type": _reader(parse), "metavar": metavar or getattr(parse, "metavar", "VALUE")}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -40,239 +49,192 @@ def opt(default=MISSING, help: str = "", choices: Optional[Sequence] = None, res
     return field(default=default, metadata=meta)
 
 
+def _reader(parse):
+    """``parse`` for argparse: its ValueError's message becomes the error's (argparse would only say 'invalid')."""
+    def read(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return read
+
+
+def optional(parse):
+    """The text parser of an ``Optional[...]`` field: ``none``/``null`` -> None, anything else -> ``parse``."""
+    def read(text):
+        return None if str(text).strip().lower() in ("none", "null") else parse(text)
+    read.metavar = f"{parse.__name__}|none"
+    return read
+
+
 # ---------------------------------------------------------------------------------------------- introspection
-def _hints(cls) -> Dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_section(tp) -> bool:
-    return isinstance(tp, type) and is_dataclass(tp)
-
-
-def _unwrap_optional(tp) -> Tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def iter_fields(cfg) -> List[Tuple[str, Any, dataclasses.Field, Any]]:
-    """Every leaf field as ``(dotted_key, owner_instance, field, type)``, sections expanded."""
+def iter_fields(cfg) -> List[Tuple[str, Any, dataclasses.Field]]:
+    """Every leaf field as ``(dotted_key, owner_instance, field)``, sections expanded."""
     out = []
-    hints = _hints(type(cfg))
     for f in fields(cfg):
-        tp = hints[f.name]
         value = getattr(cfg, f.name)
-        if _is_section(tp):
-            sub_hints = _hints(tp)
-            for sf in fields(value):
-                out.append((f"{f.name}.{sf.name}", value, sf, sub_hints[sf.name]))
+        if is_dataclass(value):
+            out.extend((f"{f.name}.{sf.name}", value, sf) for sf in fields(value))
         else:
-            out.append((f.name, cfg, f, tp))
+            out.append((f.name, cfg, f))
     return out
 
 
-def _parse_scalar(key: str, tp, text: str):
-    tp, optional = _unwrap_optional(tp)
-    if optional and text.lower() in ("none", "null", ""):
-        return None
-    try:
-        if tp is bool:
-            low = text.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-        if tp is str or tp is Any:
-            return text
-    except ValueError:
-        raise ConfigError(f"--{key}: expected {tp.__name__}, got {text!r}") from None
-    raise ConfigError(f"--{key}: cannot parse a value of type {tp} from the command line")
+# ---------------------------------------------------------------------------------------------- parsing
+def _parser(cls, prog: str, presets: Dict[str, dict]):
+    import simple_parsing
+
+    class Parser(simple_parsing.ArgumentParser):
+        def _get_values(self, action, arg_strings):
+            # argparse before Python 3.12 drops a value that is exactly '--' (the end-of-options marker), but
+            # '--' is a value here: the tied-gate variant (``--variant=--``)
+            if arg_strings == ["--"] and action.nargs is None:
+                return self._get_value(action, "--")
+            return super()._get_values(action, arg_strings)
+
+    parser = Parser(
+        prog=prog, exit_on_error=False, add_help=True,
+        # both --section.field and, where unique, the bare --field
+        argument_generation_mode=simple_parsing.ArgumentGenerationMode.BOTH,
+        nested_mode=simple_parsing.NestedMode.WITHOUT_ROOT,
+        description="Options are applied in order: defaults, --preset (--run.preset), --config FILE.yaml, the "
+                    "command line. Presets: " + (", ".join(presets) or "none"),
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of settings ({section: {field: value}} or section.field: value)")
+    parser.add_arguments(cls, dest=_DEST)
+    parser.parse_known_args([])  # builds the option table (simple-parsing adds the fields on first use)
+    return parser
 
 
-def _is_list(tp) -> bool:
-    tp, _ = _unwrap_optional(tp)
-    return typing.get_origin(tp) in (list, List, tuple, Tuple)
-
-
-def _coerce(key: str, tp, value):
-    """Convert ``value`` (from the command line, a preset or YAML) to the field's type, or raise ConfigError."""
-    base, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}: may not be None")
-    if _is_list(base):
-        (elem,) = typing.get_args(base)[:1] or (str,)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(key, elem, v) for v in value]
-    if isinstance(value, str) and base is not str:
-        return _parse_scalar(key, base, value)
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base in (int, float, bool, str) and not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {base.__name__}, got {type(value).__name__} ({value!r})")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- setting keys
-def _resolve_key(cfg, key: str):
-    """Find the leaf field for ``section.field`` or a bare, unambiguous ``field``."""
-    leaves = iter_fields(cfg)
-    matches = [leaf for leaf in leaves if leaf[0] == key]
-    if not matches and "." not in key:
-        matches = [leaf for leaf in leaves if leaf[0].split(".")[-1] == key]
-        if len(matches) > 1:
-            names = ", ".join("--" + m[0] for m in matches)
-            raise ConfigError(f"option --{key} is ambiguous: it could be {names}; use the full name")
-    if not matches:
-        all_keys = [leaf[0] for leaf in leaves] if "." in key else [leaf[0].split(".")[-1] for leaf in leaves]
-        close = difflib.get_close_matches(key, all_keys, n=3, cutoff=0.75)
-        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help for the options"
-        raise ConfigError(f"unknown config key --{key}{hint}")
-    return matches[0]
-
-
-def set_value(cfg, key: str, value) -> None:
-    dotted, owner, f, tp = _resolve_key(cfg, key)
-    value = _coerce(dotted, tp, value)
-    choices = f.metadata.get("choices")
-    if choices is not None:
-        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
-        if bad:
-            raise ConfigError(f"--{dotted}: {bad[0]!r} is not one of {', '.join(map(repr, choices))}")
-    setattr(owner, f.name, value)
-
-
-def apply_dict(cfg, values: Dict[str, Any], source: str) -> None:
-    """Apply nested (``{"train": {"lr": 1e-3}}``) or dotted (``{"train.lr": 1e-3}``) settings."""
+def _flatten(values, source: str, prefix: str = "") -> List[Tuple[str, Any]]:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(values).__name__}")
+    out = []
     for k, v in values.items():
-        if isinstance(v, dict):
-            hints = _hints(type(cfg))
-            if k not in hints or not _is_section(hints[k]):
-                raise ConfigError(f"{source}: unknown config section {k!r}")
-            for sk, sv in v.items():
-                try:
-                    set_value(cfg, f"{k}.{sk}", sv)
-                except ConfigError as e:
-                    raise ConfigError(f"{source}: {e}") from None
+        key = f"{prefix}{k}"
+        out.extend(_flatten(v, source, key + ".") if isinstance(v, dict) else [(key, v)])
+    return out
+
+
+def _as_arguments(values: dict, source: str) -> List[str]:
+    """A preset or YAML mapping as the command-line arguments that would set the same values."""
+    args = []
+    for key, value in _flatten(values, source):
+        if isinstance(value, (list, tuple)):
+            args += [f"--{key}"] + [str(v) for v in value]
+        elif value is None:
+            args.append(f"--{key}=none")
+        elif isinstance(value, bool):
+            args.append(f"--{key}={str(value).lower()}")
         else:
-            try:
-                set_value(cfg, k, v)
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
+            args.append(f"--{key}={value}")
+    return args
 
 
-# ---------------------------------------------------------------------------------------------- parsing
-def _split_argv(argv: Sequence[str]) -> List[Tuple[str, List[str]]]:
-    """``--key v1 v2 --flag --k=v`` -> [(key, [v1, v2]), (flag, []), (k, [v])]."""
-    items: List[Tuple[str, List[str]]] = []
+def _join_dash_values(parser, argv: Sequence[str]) -> List[str]:
+    """``--variant -R`` -> ``--variant=-R``: argparse reads a value that starts with a dash (``-R``, ``--``, both
+    variant names) as an option; attached with ``=`` it is read as the value it is."""
+    known = parser._option_string_actions
+    out: List[str] = []
     for tok in argv:
-        if tok.startswith("--") and len(tok) > 2 and not _looks_negative_number(tok):
-            key, eq, val = tok[2:].partition("=")
-            items.append((key.replace("-", "_"), [val] if eq else []))
-        elif items:
-            items[-1][1].append(tok)
+        action = known.get(out[-1]) if out else None
+        if (action is not None and action.nargs is None and tok.startswith("-") and tok not in known
+                and not _NEGATIVE_NUMBER.match(tok)):
+            out[-1] = f"{out[-1]}={tok}"
         else:
-            raise ConfigError(f"unexpected argument {tok!r}: options look like --section.field value")
-    return items
+            out.append(tok)
+    return out
 
 
-def _looks_negative_number(tok: str) -> bool:
+def _unknown(cls, tokens: List[str], renamed: Dict[str, str]) -> ConfigError:
+    """The error for arguments the parser did not take: renamed, ambiguous, misspelt or stray."""
+    tok = tokens[0]
+    if not tok.startswith("--"):
+        return ConfigError(f"unexpected argument {tok!r}: options look like --section.field value")
+    key = tok[2:].split("=", 1)[0].replace("-", "_")
+    if key in renamed:
+        return ConfigError(f"--{key} is no longer an option: {renamed[key]}")
+    leaves = [k for k, _, _ in iter_fields(cls())]
+    same_name = [k for k in leaves if k.split(".")[-1] == key]
+    if "." not in key and len(same_name) > 1:
+        return ConfigError(f"option --{key} is ambiguous: it could be {', '.join('--' + k for k in same_name)}; "
+                           "use the full name")
+    names = leaves if "." in key else [k.split(".")[-1] for k in leaves]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.75)
+    hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help for the options"
+    return ConfigError(f"unknown config key --{key}{hint}")
+
+
+def _parse(parser, cls, argv: List[str], source: str, renamed: Dict[str, str]):
     try:
-        float(tok)
-        return True
-    except ValueError:
-        return False
+        ns, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        names = (e.argument_name or "").split("/")
+        name = max(names, key=lambda n: n.count("."))  # the --section.field spelling
+        raise ConfigError(f"{source}{name}: {e.message}") from None
+    except (ValueError, TypeError) as e:  # the library's own complaints about a value
+        raise ConfigError(f"{source}{e}") from None
+    if extra:
+        err = _unknown(cls, extra, renamed)
+        raise ConfigError(f"{source}{err}") from None
+    return ns
 
 
-def format_help(cfg, prog: str, presets: Dict[str, dict]) -> str:
-    lines = [f"usage: {prog} [--preset NAME] [--config FILE.yaml] [--section.field VALUE ...]", ""]
-    if presets:
-        lines.append("presets: " + ", ".join(presets))
-    current = None
-    for key, owner, f, tp in iter_fields(cfg):
-        section = key.split(".")[0] if "." in key else ""
-        if section != current:
-            lines.append(f"\n[{section or 'top'}]")
-            current = section
-        choices = f.metadata.get("choices")
-        extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"  --{key} {getattr(owner, f.name)!r}: {f.metadata.get('help', '')}{extra}")
-    return "\n".join(lines)
+def read_config(cls, argv: Optional[Sequence[str]] = None, presets: Optional[Dict[str, dict]] = None,
+                default_preset: Optional[str] = None, prog: str = "train"):
+    """``(config, keys)``: ``cls`` from defaults, preset, YAML file and command line (see the module docstring),
+    validated, and the dotted keys the command line itself set (a job may let those win over what a preset
+    implies). ``--help`` prints every option and exits. The preset's name lands in ``run.preset`` if present."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    presets = presets or {}
+    renamed = getattr(cls, "RENAMED", {})
+    parser = _parser(cls, prog, presets)
+    argv = _join_dash_values(parser, argv)
+    first = _parse(parser, cls, argv, "", renamed)  # --help exits here; a bad key or value stops here
+    preset = getattr(getattr(first, _DEST), "run", None)
+    preset = getattr(preset, "preset", "") or default_preset  # --preset is the run section's preset field
+    layers = []
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(presets)}")
+        layers.append((f"preset {preset!r}: ", _as_arguments(presets[preset], f"preset {preset!r}")))
+    if first.config:
+        layers.append((f"{first.config}: ", _as_arguments(_read_yaml(first.config), first.config)))
+    for source, args in layers:  # each layer alone first, so an error names where the bad value came from
+        _parse(parser, cls, args, source, renamed)
+    cfg = getattr(_parse(parser, cls, [a for _, args in layers for a in args] + argv, "", renamed), _DEST)
+    if preset is not None and hasattr(cfg, "run") and hasattr(cfg.run, "preset"):
+        cfg.run.preset = preset
+    validate_config(cfg)
+    return cfg, _given(parser, argv)
 
 
 def parse_config(cls, argv: Optional[Sequence[str]] = None, presets: Optional[Dict[str, dict]] = None,
                  default_preset: Optional[str] = None, prog: str = "train"):
-    """Build ``cls()`` and apply, in order: the preset, ``--config`` YAML, then the command-line overrides.
+    """The config alone; see :func:`read_config`."""
+    return read_config(cls, argv, presets, default_preset, prog)[0]
 
-    ``--help`` prints every option and exits. Bool options may be given bare (``--resume``). The chosen preset
-    name is stored in the config's ``run.preset`` field when there is one.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    presets = presets or {}
-    cfg = cls()
-    if "-h" in argv or "--help" in argv:
-        print(format_help(cfg, prog, presets))
-        raise SystemExit(0)
-    items = _split_argv(argv)
-    preset = default_preset
-    yaml_path = None
-    overrides = []
-    for key, vals in items:
-        if key == "preset":
-            if len(vals) != 1:
-                raise ConfigError("--preset takes exactly one name")
-            preset = vals[0]
-        elif key == "config":
-            if len(vals) != 1:
-                raise ConfigError("--config takes exactly one YAML file")
-            yaml_path = vals[0]
-        else:
-            overrides.append((key, vals))
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(presets)}")
-        apply_dict(cfg, presets[preset], f"preset {preset!r}")
-        if hasattr(cfg, "run") and hasattr(cfg.run, "preset"):
-            cfg.run.preset = preset
-    if yaml_path is not None:
-        import yaml
 
-        try:
-            with open(yaml_path) as fh:
-                data = yaml.safe_load(fh) or {}
-        except OSError as e:
-            raise ConfigError(f"--config: cannot read {yaml_path}: {e.strerror}") from None
-        apply_dict(cfg, data, yaml_path)
-    for key, vals in overrides:
-        dotted, owner, f, tp = _resolve_key(cfg, key)
-        base, _ = _unwrap_optional(tp)
-        if not vals:
-            if base is bool:
-                vals = ["true"]
-            else:
-                raise ConfigError(f"--{dotted} needs a value")
-        if _is_list(base):
-            set_value(cfg, dotted, vals)
-        else:
-            if len(vals) != 1:
-                raise ConfigError(f"--{dotted} takes one value, got {len(vals)}: {' '.join(vals)}")
-            set_value(cfg, dotted, vals[0])
-    validate_config(cfg)
-    return cfg
+def _given(parser, argv: List[str]) -> frozenset:
+    """The dotted keys that ``argv`` sets, through the parser's own table of option names (aliases resolved)."""
+    keys = set()
+    for tok in argv:
+        action = parser._option_string_actions.get(tok.split("=", 1)[0])
+        if action is not None and action.dest.startswith(_DEST + "."):
+            keys.add(action.dest[len(_DEST) + 1:])
+    return frozenset(keys)
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def validate_config(cfg) -> None:
@@ -291,7 +253,7 @@ def config_to_dict(cfg) -> Dict[str, Any]:
 
 def hashed_fields(cfg) -> Dict[str, Any]:
     """The fields that decide whether a checkpoint fits this config (all but those marked ``resume_safe``)."""
-    return {key: getattr(owner, f.name) for key, owner, f, _ in iter_fields(cfg)
+    return {key: getattr(owner, f.name) for key, owner, f in iter_fields(cfg)
             if not f.metadata.get("resume_safe", False)}
 
 
@@ -310,7 +272,8 @@ def diff_hashed(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 
 
 def format_config(cfg) -> str:
-    lines = []
-    for key, owner, f, _ in iter_fields(cfg):
-        lines.append(f"  {key} = {getattr(owner, f.name)!r}")
-    return "\n".join(lines)
+    return "\n".join(f"  {key} = {getattr(owner, f.name)!r}" for key, owner, f in iter_fields(cfg))
+
+
+__all__ = ["ConfigError", "opt", "optional", "parse_config", "read_config", "validate_config", "config_to_dict",
+           "hashed_fields", "config_hash", "diff_hashed", "format_config", "iter_fields"]

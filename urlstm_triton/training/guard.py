@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-
-class NonFiniteError(RuntimeError):
-    """Training hit a non-finite loss or gradient norm and the policy says stop."""
+from .errors import NonFiniteError
 
 
 class NonFiniteGuard:

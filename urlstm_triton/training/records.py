@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .checkpoint import write_json_atomic
+from .files import write_json_atomic
 
 
 def read_metrics(path) -> List[Dict[str, Any]]:

@@ -5,8 +5,10 @@ to its own ``model`` and ``data`` sections; see ``urlstm_triton.lm.config`` for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from .config import ConfigError, opt
+from .config import opt
+from .errors import ConfigError
 
 
 @dataclass
@@ -19,7 +21,8 @@ class RunConfig:
                           resume_safe=True)
     cpu: bool = opt(False, "run on the CPU even if a GPU is present", resume_safe=True)
     tensorboard: bool = opt(True, "log scalars to TensorBoard (through Accelerate's trackers)", resume_safe=True)
-    progress: bool = opt(True, "show a tqdm progress bar on the main process", resume_safe=True)
+    progress: bool = opt(True, "show a tqdm progress bar on the main process when stderr is a terminal (a log "
+                               "file or pipe gets the periodic log lines only)", resume_safe=True)
     log_every: int = opt(10, "steps between log lines and TensorBoard points", resume_safe=True)
     threads: int = opt(0, "torch CPU threads (0: torch's default)", resume_safe=True)
 
@@ -34,22 +37,22 @@ class RunConfig:
 class TrainConfig:
     steps: int = opt(1000, "optimiser steps in total", resume_safe=True)
     seed: int = opt(0, "seed for parameters, dropout and data order")
-    optimizer: str = opt("adam", "optimiser", choices=("adam", "adamw", "sgd"))
+    optimizer: Literal["adam", "adamw", "sgd"] = opt("adam", "optimiser")
     lr: float = opt(1e-3, "peak learning rate")
     weight_decay: float = opt(0.0, "weight decay")
     warmup_steps: int = opt(0, "linear warmup steps")
-    schedule: str = opt("cosine", "learning-rate schedule after warmup", choices=("cosine", "constant"))
+    schedule: Literal["cosine", "constant"] = opt("cosine", "learning-rate schedule after warmup")
     min_lr_ratio: float = opt(0.1, "final learning rate of the cosine schedule, as a fraction of lr")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0: no clipping)")
     grad_accum: int = opt(1, "micro-batches per optimiser step (the batch is split across them)")
-    mixed_precision: str = opt("no", "autocast precision (fp16 uses a loss scaler)", choices=("no", "bf16", "fp16"))
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (fp16 uses a loss scaler)")
     eval_every: int = opt(0, "steps between validation evaluations (0: only at the end)", resume_safe=True)
     eval_batches: int = opt(0, "batches per periodic validation (0: all); the final evaluation uses all",
                             resume_safe=True)
     save_every: int = opt(100, "steps between checkpoints (one is always written at the end)", resume_safe=True)
     keep_checkpoints: int = opt(3, "how many checkpoints to keep (oldest are deleted)", resume_safe=True)
-    nonfinite: str = opt("stop", "on a non-finite loss or gradient norm: skip the step or stop the run",
-                         choices=("skip", "stop"), resume_safe=True)
+    nonfinite: Literal["skip", "stop"] = opt("stop", "on a non-finite loss or gradient norm: skip the step or stop "
+                                                     "the run", resume_safe=True)
     max_nonfinite_skips: int = opt(10, "with nonfinite=skip, stop after this many skipped steps", resume_safe=True)
 
     def validate(self, cfg) -> None:

@@ -5,28 +5,43 @@
 ``--run.dir``), refuses to start over an existing run without ``--resume`` or ``--run.overwrite``, prints the
 config and its hash and writes them to ``config.json``, and seeds everything with ``train.seed``.
 
+Logs: progress bars (the trainer's, the tokeniser's) only when stderr is a terminal and ``run.progress`` is on;
+a log file or a pipe gets the periodic log lines (and ``<run>/train.log`` always does), never carriage-return
+frames.
+
 ``run_main(fn)`` runs a script's ``main`` and turns the project's expected failures into one clear line on
 stderr and an exit status: 2 for bad config/data, 3 for a non-finite stop, 128+N after signal N.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import write_json_atomic
-from .config import ConfigError, config_hash, config_to_dict, format_config, hashed_fields
-from .guard import NonFiniteError
-from .signals import TrainingInterrupted
+from .config import config_hash, config_to_dict, format_config, hashed_fields
+from .errors import ConfigError, DataError, NonFiniteError, TrainingInterrupted
+from .files import write_json_atomic
 
 log = logging.getLogger("urlstm_triton.training")
+__all__ = ["RunSession", "run_main", "progress_bars", "DataError"]
 
 
-class DataError(ValueError):
-    """Bad input data: missing or empty corpus, stale cache, token ids beyond the vocabulary. Names the file."""
+def progress_bars(wanted: bool) -> bool:
+    """Whether to draw progress bars: asked for, and stderr is a terminal."""
+    return bool(wanted) and sys.stderr.isatty()
+
+
+def _quiet_library_bars() -> None:
+    """No progress bars from the data libraries (``datasets.map`` while tokenising) either; without importing
+    ``datasets`` for the jobs that never use it."""
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -104,6 +119,8 @@ class RunSession:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         _setup_logging(self.run_dir, acc.is_main_process, acc.process_index)
+        if not progress_bars(run.progress):
+            _quiet_library_bars()
         log.info("%s run in %s on %s (%d process%s), config hash %s:\n%s", job, self.run_dir, acc.device,
                  acc.num_processes, "" if acc.num_processes == 1 else "es", self.hash, format_config(cfg))
         if acc.is_main_process:

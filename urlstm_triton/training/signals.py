@@ -7,15 +7,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Optional
-
-
-class TrainingInterrupted(Exception):
-    def __init__(self, signum: int, checkpoint: Optional[str]):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; checkpoint saved at {checkpoint} (continue with --resume)")
 
 
 class GracefulStop:

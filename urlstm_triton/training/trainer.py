@@ -1,37 +1,42 @@
 """The training loop every job shares: optimiser, schedule, accumulation, clipping, guards, checkpoints, logs.
 
-``Trainer(session, model, task).fit()`` trains ``model`` on ``task`` for ``train.steps`` optimiser steps and
-returns the summary it also writes to ``<run>/summary.json``. One step: get the task's micro-batches, forward
+``Trainer(session, model, objective).fit()`` trains ``model`` on ``objective`` for ``train.steps`` optimiser steps and
+returns the summary it also writes to ``<run>/summary.json``. One step: get the objective's micro-batches, forward
 and backward each under autocast (gradient sync only on the last), clip, check loss and gradient norm for
 non-finite values (all processes decide together), then step the optimiser and the schedule or skip. After each
 step: metrics line, TensorBoard/tqdm every ``run.log_every``, validation every ``train.eval_every``, a checkpoint
 every ``train.save_every`` and at the end, and a graceful stop if SIGINT/SIGTERM arrived.
 
-Exact resume: a checkpoint holds the model, optimiser, schedule, loss scaler, guard counters, every process's
-RNG states (python, numpy, torch, CUDA) and the task's state (data position, carried state); it is written after
-step s is complete, and resuming continues with step s+1 in exactly the state the uninterrupted run had.
-Evaluation runs under a forked RNG so it never changes the training stream.
+Exact resume: a checkpoint (``accelerator.save_state``, see checkpoint.py) holds the model, optimiser, schedule,
+loss scaler, every process's RNG states (python, numpy, torch, CUDA), the objects registered for checkpointing
+(the guard's counters and the trainer's ``Progress``) and, per process, the objective's state (data position,
+carried state); it is written after step s is complete, and resuming continues with step s+1 in exactly the
+state the uninterrupted run had. Evaluation runs under a forked RNG so it never changes the training stream.
+Sharded setups (FSDP, DeepSpeed) checkpoint through the same ``save_state``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from .checkpoint import CheckpointManager, CorruptCheckpoint, capture_rng, restore_rng
-from .config import ConfigError, config_to_dict
+from .checkpoint import CheckpointManager
+from .config import config_to_dict
+from .errors import ConfigError, CorruptCheckpoint, NonFiniteError, TrainingInterrupted
 from .faults import Faults
-from .guard import NonFiniteError, NonFiniteGuard
+from .guard import NonFiniteGuard
+from .objective import Objective
 from .records import MetricsLog, write_summary
 from .schedule import warmup_cosine
-from .session import RunSession
-from .signals import GracefulStop, TrainingInterrupted
-from .task import Task
+from .session import RunSession, progress_bars
+from .signals import GracefulStop
 
 log = logging.getLogger("urlstm_triton.training")
 
@@ -45,35 +50,48 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+@dataclass
+class Progress:
+    """The trainer's counters; registered for checkpointing, so ``save_state``/``load_state`` carry them."""
+
+    step: int = 0
+    units_seen: int = 0
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.step, self.units_seen = int(state["step"]), int(state["units_seen"])
+        self.train_seconds = float(state["train_seconds"])
+
+
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")  # distributed types whose unwrapped model holds only a shard
+
+
 class Trainer:
-    def __init__(self, session: RunSession, model: torch.nn.Module, task: Task):
+    def __init__(self, session: RunSession, model: torch.nn.Module, objective: Objective):
         from accelerate.utils import set_seed
 
         self.session = session
         self.cfg = session.cfg
         self.acc = session.accelerator
-        self.task = task
+        self.objective = objective
         tcfg = self.cfg.train
-        dist = str(self.acc.distributed_type).split(".")[-1]
-        if dist in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-            # checkpoints hold the full model and optimiser state as the main process sees it (DDP); sharded
-            # optimiser state would be silently lost, so refuse instead
-            raise ConfigError(f"accelerate is configured for {dist}: this trainer's exact-resume checkpoints "
-                              "support single-process and DDP (multi-GPU/multi-node) runs only; choose 'multi-GPU' "
-                              "without FSDP/DeepSpeed in `accelerate config`")
-        optimizer = build_optimizer(model.parameters(), tcfg)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule,
-                                       tcfg.min_lr_ratio)
+        self.sharded = str(self.acc.distributed_type).split(".")[-1] in SHARDED
+        model = self.acc.prepare(model)  # FSDP wraps the model before the optimiser sees its parameters
+        optimizer = self.acc.prepare(build_optimizer(model.parameters(), tcfg))
+        self.model, self.optimizer = model, optimizer
+        self.scheduler = self.acc.prepare(warmup_cosine(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule,
+                                                        tcfg.min_lr_ratio))
         # with a loss scaler (fp16 on a GPU) an infinite gradient norm is the scaler's business
         self.guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_nonfinite_skips,
                                     check_grad_norm=self.acc.scaler is None)
+        self.progress = Progress()
+        self.acc.register_for_checkpointing(self.guard, self.progress)
         self.ckpt = CheckpointManager(session.run_dir / "checkpoints", self.acc, tcfg.keep_checkpoints,
                                       session.hash, session.hashed)
         self.faults = Faults(process_index=self.acc.process_index)
-        self.step = 0
-        self.units_seen = 0
-        self.train_seconds = 0.0
         self.last_checkpoint: Optional[str] = None
         # every process gets its own dropout stream; the model above was initialised identically everywhere
         set_seed(tcfg.seed, device_specific=True)
@@ -81,24 +99,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
     @property
-    def raw_model(self) -> torch.nn.Module:
-        return self.acc.unwrap_model(self.model)
+    def step(self) -> int:
+        return self.progress.step
 
-    def _shared_state(self) -> Dict[str, Any]:
-        shared = {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "trainer": {"step": self.step, "guard": self.guard.state_dict(), "units_seen": self.units_seen,
-                        "train_seconds": self.train_seconds},
-        }
-        if self.acc.scaler is not None:
-            shared["scaler"] = self.acc.scaler.state_dict()
-        return shared
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model evaluation runs: unwrapped (DDP's wrapper would sync on every forward, and processes may
+        run different numbers of evaluation batches), except where the wrapper holds the only full view of the
+        parameters (FSDP, DeepSpeed)."""
+        return self.model if self.sharded else self.acc.unwrap_model(self.model)
 
     def save_checkpoint(self) -> Path:
-        per_rank = {"rng": capture_rng(), "task": self.task.state_dict()}
-        path = self.ckpt.save(self.step, self._shared_state(), per_rank, self.faults.save_hook(self.step))
+        per_rank = {"objective": self.objective.state_dict()}
+        path = self.ckpt.save(self.step, per_rank, self.faults.save_hook(self.step))
         self.last_checkpoint = str(path)
         log.info("checkpoint saved: %s", path)
         return path
@@ -120,45 +133,34 @@ class Trainer:
         else:
             return
         path, manifest = found
-        shared, per_rank = self.ckpt.load(path, manifest)
-        self.raw_model.load_state_dict(shared["model"])
-        self.optimizer.load_state_dict(shared["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
-        if self.acc.scaler is not None and "scaler" in shared:
-            self.acc.scaler.load_state_dict(shared["scaler"])
-        tr = shared["trainer"]
-        self.step = int(tr["step"])
-        self.guard.load_state_dict(tr["guard"])
-        self.units_seen = int(tr["units_seen"])
-        self.train_seconds = float(tr["train_seconds"])
-        restore_rng(per_rank["rng"])
-        self.task.load_state_dict(per_rank["task"])
+        per_rank = self.ckpt.load(path, manifest)  # model, optimiser, schedule, scaler, RNG, guard, progress
+        self.objective.load_state_dict(per_rank["objective"])
         self.last_checkpoint = str(path)
         log.info("resumed from %s: continuing at step %d", path, self.step + 1)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, max_batches: int = 0) -> Dict[str, float]:
-        model = self.raw_model
+        model = self.eval_model
         was_training = model.training
         model.eval()
         devices = [self.acc.device] if self.acc.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), self.acc.autocast():
-                return self.task.evaluate(model, split, max_batches)
+                return self.objective.evaluate(model, split, max_batches)
         finally:
             model.train(was_training)
 
     # ------------------------------------------------------------------------------------------ one step
     def _train_step(self, step: int) -> Dict[str, Any]:
         acc, tcfg = self.acc, self.cfg.train
-        micro = self.task.train_batches(step, tcfg.grad_accum)
+        micro = self.objective.train_batches(step, tcfg.grad_accum)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         units = 0
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
             with (nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
-                loss, n = self.task.loss(self.model, mb)
+                loss, n = self.objective.loss(self.model, mb)
                 if self.faults.nan_loss(step):
                     loss = loss * float("nan")
             acc.backward(loss / len(micro))
@@ -184,7 +186,7 @@ class Trainer:
                 # clip_grad_norm_ unscaled this step's gradients; update() closes the step (and, having seen
                 # the non-finite values, lowers the scale) so the next unscale is allowed
                 acc.scaler.update()
-            self.task.on_skipped_step()
+            self.objective.on_skipped_step()
             log.warning("step %d: non-finite loss/gradient norm (loss %s, grad norm %s): step skipped (%d/%d)",
                         step, loss_val, gnorm, self.guard.skipped, tcfg.max_nonfinite_skips)
         return {"step": step, "loss": loss_val, "grad_norm": gnorm, "lr": self.scheduler.get_last_lr()[0],
@@ -201,7 +203,9 @@ class Trainer:
         metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step, enabled=main)
         if cfg.run.tensorboard:
             acc.init_trackers("tb", config=session.tracker_config())
-        bar = tqdm(total=tcfg.steps, initial=self.step, disable=not (main and cfg.run.progress),
+        # a bar only on a terminal: a log file or a pipe would get every carriage-return frame of it, and has the
+        # periodic log lines instead
+        bar = tqdm(total=tcfg.steps, initial=self.step, disable=not (main and progress_bars(cfg.run.progress)),
                    dynamic_ncols=True, desc=session.job)
         status = "failed"  # until proven otherwise: an unexpected exception leaves this in the summary
         evals: Dict[str, Dict[str, float]] = {}
@@ -214,16 +218,16 @@ class Trainer:
                 while self.step < tcfg.steps:
                     step = self.step + 1
                     row = self._train_step(step)
-                    self.step = step
+                    self.progress.step = step
                     seg_units += row["units"]
-                    self.units_seen += row["units"]
+                    self.progress.units_seen += row["units"]
                     metrics.write({k: row[k] for k in ("step", "loss", "grad_norm", "lr", "skipped")})
                     bar.update(1)
                     if step % cfg.run.log_every == 0 or step == tcfg.steps:
                         rate = seg_units / max(time.perf_counter() - t0, 1e-9)
                         self._log_train(row, rate, bar)
                     if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
-                        split = self.task.eval_splits[0]
+                        split = self.objective.eval_splits[0]
                         res = self.evaluate(split, tcfg.eval_batches)
                         self._log_eval(split, res, step, metrics)
                     saved = False
@@ -236,9 +240,9 @@ class Trainer:
                         if not saved:
                             self.save_checkpoint()
                         raise TrainingInterrupted(stop.signum or 15, self.last_checkpoint)
-                self.train_seconds += time.perf_counter() - t0
+                self.progress.train_seconds += time.perf_counter() - t0
                 bar.close()
-                for split in self.task.eval_splits:
+                for split in self.objective.eval_splits:
                     evals[split] = self.evaluate(split)
                     self._log_eval(split, evals[split], self.step, metrics)
                 status = "completed"
@@ -257,8 +261,8 @@ class Trainer:
                 "job": session.job, "status": status, "step": self.step, "steps": tcfg.steps,
                 "config_hash": session.hash, "run_dir": str(session.run_dir),
                 "last_checkpoint": self.last_checkpoint, "skipped_steps": self.guard.skipped,
-                "units": self.task.unit, "units_seen": self.units_seen,
-                f"train_{self.task.unit}_per_s": seg_units / max(wall, 1e-9), "wall_s": wall,
+                "units": self.objective.unit, "units_seen": self.progress.units_seen,
+                f"train_{self.objective.unit}_per_s": seg_units / max(wall, 1e-9), "wall_s": wall,
                 "eval": evals, "config": config_to_dict(cfg),
             }
             if main:
@@ -268,20 +272,20 @@ class Trainer:
         return summary
 
     def _log_train(self, row, rate: float, bar) -> None:
-        ppl = math.exp(min(row["loss"], 50.0)) if self.task.unit == "tokens" and math.isfinite(row["loss"]) else None
+        ppl = math.exp(min(row["loss"], 50.0)) if self.objective.unit == "tokens" and math.isfinite(row["loss"]) else None
         values = {"train/loss": row["loss"], "train/lr": row["lr"], "train/grad_norm": row["grad_norm"],
-                  f"train/{self.task.unit}_per_s": rate}
+                  f"train/{self.objective.unit}_per_s": rate}
         if ppl is not None:
             values["train/ppl"] = ppl
         if self.cfg.run.tensorboard:
             self.acc.log({k: v for k, v in values.items() if math.isfinite(v)}, step=row["step"])
-        post = {"loss": f"{row['loss']:.3f}", f"{self.task.unit[:3]}/s": f"{rate:.0f}"}
+        post = {"loss": f"{row['loss']:.3f}", f"{self.objective.unit[:3]}/s": f"{rate:.0f}"}
         if ppl is not None:
             post["ppl"] = f"{ppl:.1f}"
         bar.set_postfix(post, refresh=False)
         log.info("step %d/%d loss %.4f%s lr %.3g grad norm %.3g %s/s %.0f", row["step"], self.cfg.train.steps,
                  row["loss"], f" ppl {ppl:.2f}" if ppl is not None else "", row["lr"], row["grad_norm"],
-                 self.task.unit, rate)
+                 self.objective.unit, rate)
 
     def _log_eval(self, split: str, res: Dict[str, float], step: int, metrics: MetricsLog) -> None:
         metrics.write({"step": step, "eval": split, **res})

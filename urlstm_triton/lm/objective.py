@@ -1,4 +1,4 @@
-"""``LMTask``: the language model's side of the shared Trainer (``urlstm_triton.training.Task``).
+"""``LMObjective``: the language model's side of the shared Trainer (``urlstm_triton.training.Objective``).
 
 Each process owns contiguous rows of the training stream (``batching.TrainStream``) and one carried ``(h, c)``
 state per micro-batch (a micro-batch is a contiguous block of the process's rows), detached after every window
@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..training.config import ConfigError
-from ..training.task import Task
+from ..training.errors import ConfigError
+from ..training.objective import Objective
 from .batching import TrainStream, eval_windows
 from .metrics import lm_metrics
 
 
-class LMTask(Task):
+class LMObjective(Objective):
     eval_splits = ("valid", "test")
     unit = "tokens"
 

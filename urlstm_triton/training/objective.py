@@ -1,6 +1,7 @@
-"""The contract between a job (language modelling, a synthetic task, image classification) and the Trainer.
+"""The contract between a job (language modelling, a synthetic task, image classification) and the Trainer: the
+``Objective``, what is optimised.
 
-A job subclasses ``Task`` and fills in how to get the micro-batches of a step, how to compute a loss, how to
+A job subclasses ``Objective`` and fills in how to get the micro-batches of a step, how to compute a loss, how to
 evaluate, and what per-process state (data position, carried recurrent state) a checkpoint must hold. Batches
 must be a pure function of the step number and the task's state, so that a resumed run sees the same data.
 """
@@ -11,7 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 
-class Task:
+class Objective:
     #: evaluation splits; the first is the one evaluated periodically during training
     eval_splits: Sequence[str] = ("valid",)
     #: the unit of the throughput shown and logged ("tokens", "samples")
@@ -35,7 +36,7 @@ class Task:
         """Called when the non-finite guard drops a step: reset anything (carried state) that may hold NaN."""
 
     def state_dict(self) -> Dict[str, Any]:
-        """This process's data position and carried state, saved in its ``rankNNN.pt``."""
+        """This process's data position and carried state, saved in its ``rankNNN.pt`` of every checkpoint."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:

@@ -1,0 +1,34 @@
+"""Logs that read well (issue 15 item 5): progress bars only on a terminal; a log file or a pipe gets the periodic
+log lines, never carriage-return frames."""
+import io
+
+from lm_helpers import make_corpus, run_cli, tiny_args
+from urlstm_triton.training import session
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self):
+        return self._tty
+
+
+def test_bars_only_when_asked_for_and_stderr_is_a_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stderr", _Stream(tty=True))
+    assert session.progress_bars(True) and not session.progress_bars(False)
+    monkeypatch.setattr("sys.stderr", _Stream(tty=False))
+    assert not session.progress_bars(True)
+
+
+def test_a_pipe_gets_log_lines_and_no_carriage_returns(tmp_path):
+    corpus = make_corpus(tmp_path / "text")
+    # --run.progress true asks for bars; stderr is a pipe here (as a log file or `| tee` would be)
+    res = run_cli(tiny_args(tmp_path / "run", tmp_path / "cache", corpus, "--train.steps", "4", "--run.log_every", "2",
+                            "--run.progress", "true"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "\r" not in res.stderr and "\r" not in res.stdout  # no tqdm frames: not the trainer's, not datasets'
+    assert "step 2/4 loss" in res.stderr and "step 4/4 loss" in res.stderr
+    assert "step 4/4 loss" in (tmp_path / "run" / "train.log").read_text()
+    assert "Removed shared tensor" not in res.stderr  # accelerate's note on the tied decoder weight, at every save
