@@ -95,7 +95,8 @@ def test_yaml_config_file(tmp_path):
 def test_union_values_dash_values_and_what_the_command_line_set():
     cfg = parse("--model.chunk_size", "64", "--variant", "-R")
     assert cfg.model.chunk_size == 64 and cfg.model.variant == "-R"
-    assert parse("--chunk_size", "auto").model.chunk_size == "auto" and parse("--chunk_size", "none").model.chunk_size is None
+    assert parse("--chunk_size", "auto").model.chunk_size == "auto"
+    assert parse("--chunk_size", "none").model.chunk_size is None
     assert parse("--variant", "--").model.variant == "--" and parse("--variant", "U-LSTM").model.variant == "U-"
     assert parse("--variant", "classic").model.variant == "classic"
     # a preset counts in epochs; only what the command line itself gave is reported as given

@@ -98,7 +98,8 @@ NAMES = tuple(f.name for f in fields(LayerOptions))
 KERNEL_OPTION_NAMES = NAMES[1:]
 
 
-def make_options(options: Optional[LayerOptions] = None, what: str = "triton backend option", **changes) -> LayerOptions:
+def make_options(options: Optional[LayerOptions] = None, what: str = "triton backend option",
+                 **changes) -> LayerOptions:
     """``options`` (default: all defaults) with ``changes`` applied, validated. An unknown name is a
     ``TypeError`` that names it (``what`` says what the caller calls its keywords)."""
     unknown = sorted(set(changes) - set(NAMES))

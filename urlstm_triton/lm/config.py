@@ -99,7 +99,8 @@ class LMConfig:
     # options of earlier versions, and what replaced them (the old --model.gate lstm meant the URLSTM's classic
     # mode while lstm now means torch.nn.LSTM everywhere, so the old names are refused rather than guessed)
     RENAMED = {key: "use --model.variant: a gate code (UR, U-, ...), lstm (torch.nn.LSTM) or classic (the URLSTM's "
-                    "classic-LSTM mode, the old --model.gate lstm)" for key in ("model.rnn", "model.gate", "rnn", "gate")}
+                    "classic-LSTM mode, the old --model.gate lstm)"
+               for key in ("model.rnn", "model.gate", "rnn", "gate")}
 
 
 PRESETS = {

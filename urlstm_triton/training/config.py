@@ -100,7 +100,8 @@ def _parser(cls, prog: str, presets: Dict[str, dict]):
         description="Options are applied in order: defaults, --preset (--run.preset), --config FILE.yaml, the "
                     "command line. Presets: " + (", ".join(presets) or "none"),
     )
-    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file of settings ({section: {field: value}} or section.field: value)")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="a YAML file of settings ({section: {field: value}} or section.field: value)")
     parser.add_arguments(cls, dest=_DEST)
     parser.parse_known_args([])  # builds the option table (simple-parsing adds the fields on first use)
     return parser

@@ -272,7 +272,8 @@ class Trainer:
         return summary
 
     def _log_train(self, row, rate: float, bar) -> None:
-        ppl = math.exp(min(row["loss"], 50.0)) if self.objective.unit == "tokens" and math.isfinite(row["loss"]) else None
+        tokens = self.objective.unit == "tokens" and math.isfinite(row["loss"])
+        ppl = math.exp(min(row["loss"], 50.0)) if tokens else None
         values = {"train/loss": row["loss"], "train/lr": row["lr"], "train/grad_norm": row["grad_norm"],
                   f"train/{self.objective.unit}_per_s": rate}
         if ppl is not None:
