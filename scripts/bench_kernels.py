@@ -29,16 +29,14 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from urlstm_triton import URLSTM
-from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS
+from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, sync, time_fn
 from urlstm_triton.reference import naive_recurrence
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -94,33 +92,6 @@ def config_list(args) -> List[tuple]:
     if not out:
         raise SystemExit("no config to run: give --configs and/or --config")
     return out
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable, device, warmup: int, min_time: float, max_reps: int) -> Dict:
-    """Median milliseconds of ``fn`` (CUDA events on a GPU, perf_counter on a CPU) after ``warmup`` runs;
-    repeats until ``min_time`` seconds or ``max_reps`` runs (at least 3)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (len(times) < max_reps and time.perf_counter() - start < min_time):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": len(times)}
 
 
 def peak_mib(fn: Callable, device) -> Optional[float]:

@@ -1,4 +1,4 @@
-"""The benchmark shapes and the measured anchors every speed comparison in this project uses.
+"""The benchmark shapes, the measured anchors every speed comparison in this project uses, and the timer.
 
 ``CONFIGS``: (T, B, I, H) of the five shapes ``scripts/bench_kernels.py`` times and ``scripts/kernel_report.py``
 compiles; ``CUDNN_MS``: what cuDNN's ``nn.LSTM`` took on them (one H200, torch 2.11, forward+backward median,
@@ -6,6 +6,12 @@ milliseconds; docs/design.md), the speed a user gives up by leaving ``nn.LSTM``;
 community port's per-step PyTorch loop (bf16) on the same H200.
 """
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict
+
+import torch
 
 CONFIGS = {
     "lm-seed": (128, 128, 1024, 3072),
@@ -24,4 +30,36 @@ CUDNN_MS = {
 }
 EAGER_LOOP_MS = {"bf16": {"lm-seed": 132.0, "lm-1k": 264.0, "smnist": 971.0, "adding": 2432.0, "big-batch": 477.0}}
 
-__all__ = ["CONFIGS", "LONG_CONFIGS", "CUDNN_MS", "EAGER_LOOP_MS"]
+
+
+def sync(device) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable, device, warmup: int = 2, min_time: float = 0.0, max_reps: int = 5) -> Dict:
+    """Median milliseconds of ``fn`` (CUDA events on a GPU, ``perf_counter`` on a CPU) after ``warmup`` runs;
+    repeats until ``min_time`` seconds or ``max_reps`` runs (at least 3, or ``max_reps`` if fewer)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times, start = [], time.perf_counter()
+    least = min(3, max_reps)
+    while len(times) < least or (len(times) < max_reps and time.perf_counter() - start < min_time):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": len(times)}
+
+
+__all__ = ["CONFIGS", "LONG_CONFIGS", "CUDNN_MS", "EAGER_LOOP_MS", "sync", "time_fn"]

@@ -27,12 +27,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Dict, List, Optional
 
 import torch
+
+from .benchmarks import time_fn
 
 FAMILIES = ("step", "persistent", "chunked", "graphed")
 MODES = ("tied", "refine", "classic")
@@ -224,27 +225,6 @@ def self_check_rows(modes, dtype_names, device, on_gpu: bool, cache_dir) -> List
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def _median_ms(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn`` after ``warmup`` calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _fwd_bwd_ms(model: torch.nn.Module, dims, dtype, device: torch.device, reps: int, warmup: int) -> float:
     T, B, I, H = dims
     model = model.to(device=device, dtype=dtype)
@@ -255,7 +235,7 @@ def _fwd_bwd_ms(model: torch.nn.Module, dims, dtype, device: torch.device, reps:
         out, _ = model(x)
         out.backward(grad)
 
-    return _median_ms(fwd_bwd, device, reps, warmup)
+    return time_fn(fwd_bwd, device, warmup, 0.0, reps)["median_ms"]
 
 
 def time_against_lstm(device, shapes=None, dtype=torch.bfloat16, reps: int = 5, warmup: int = 2) -> List[Dict]:
