@@ -2,7 +2,6 @@
 (in-process and as a subprocess) and readers of what a run leaves behind."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -73,7 +72,9 @@ def load_ckpt(path: Path) -> dict:
 
 
 def train_curve(run_dir: Path) -> list:
-    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    from urlstm_triton.training import read_metrics  # non-finite values are null + a flag on disk, floats here
+
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r["skipped"]) for r in rows if "eval" not in r]
 
 

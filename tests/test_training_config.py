@@ -45,7 +45,8 @@ def test_bare_bool_flag_list_values_and_equals_form():
     (["--model.backend", "reference", "--model.chunk_size", "16"], "backend='reference' takes no backend options"),
     (["--model.gate", "lstm"], "--model.gate is no longer an option: use --model.variant"),
     (["--model.rnn", "lstm"], "--model.rnn is no longer an option: use --model.variant"),
-    (["--data.batch_size", "6", "--train.grad_accum", "4"], "data.batch_size=6 is not divisible by train.grad_accum"),
+    (["--data.batch_size", "6", "--train.grad_accum", "4"], "data.batch_size=6 must be divisible by processes x "
+                                                        "train.grad_accum = 1 x 4"),
     (["--tokenizer.vocab_size", "100"], "tokenizer.vocab_size=100 is too small with byte_fallback"),
     (["--data.files", "x.txt"], "add --data.source files"),
     (["stray"], "unexpected argument 'stray'"),
