@@ -67,6 +67,19 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _RunLogFile(logging.FileHandler):
+    """``<run>/train.log``. A write that fails (disk full) is reported once, in one line, instead of logging's
+    traceback for every record; the records still reach stderr."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            print(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); log lines go to stderr only",
+                  file=sys.stderr)
+
+
 def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
     root = logging.getLogger("urlstm_triton")
     root.setLevel(logging.INFO)
@@ -80,7 +93,7 @@ def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
     stream.setLevel(logging.INFO if is_main else logging.WARNING)
     root.addHandler(stream)
     if is_main:
-        fileh = logging.FileHandler(run_dir / "train.log")
+        fileh = _RunLogFile(run_dir / "train.log")
         fileh.setFormatter(fmt)
         root.addHandler(fileh)
     root.propagate = True  # harmless unless the application configured the root logger; lets pytest capture

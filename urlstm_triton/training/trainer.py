@@ -6,7 +6,7 @@ and backward each under autocast (gradient sync only on the last), clip, check l
 non-finite values (all processes decide together), then step the optimiser and the schedule or skip. After each
 step: metrics line, TensorBoard/tqdm every ``run.log_every``, validation every ``train.eval_every``, a checkpoint
 every ``train.save_every`` and at the end, and a graceful stop if SIGINT/SIGTERM arrived or the launcher died. A
-failure is recorded in ``summary.json`` (``status`` and ``error``) whenever the summary can be written.
+failure or a stop is recorded in ``summary.json`` (``status`` and ``reason``) whenever the summary can be written.
 
 Exact resume: a checkpoint (``accelerator.save_state``, see checkpoint.py) holds the model, optimiser, schedule,
 loss scaler, every process's RNG states (python, numpy, torch, CUDA), the objects registered for checkpointing
@@ -297,7 +297,7 @@ class Trainer:
             wall = time.perf_counter() - t0
             summary = {
                 "job": session.job, "status": status, "step": self.step, "steps": tcfg.steps,
-                "error": str(failure) if failure is not None and status != "interrupted" else None,
+                "reason": str(failure) if failure is not None else None,  # why it did not complete
                 "config_hash": session.hash, "run_dir": str(session.run_dir),
                 "last_checkpoint": self.last_checkpoint, "skipped_steps": self.guard.skipped,
                 "units": self.objective.unit, "units_seen": self.progress.units_seen,
