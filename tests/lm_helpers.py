@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ def make_corpus(directory: Path, seed: int = 0, lines=(400, 40, 40)) -> dict:
         p.write_text("".join(" ".join(r.choice(words) for _ in range(r.randint(0, 12))) + "\n" for _ in range(n)))
         paths[split] = p
     return paths
+
+
+def steps_args(steps: int):
+    """``args(tmp_path, corpus, run_name, *extra)``: a tiny run of ``steps`` steps in ``tmp_path/run_name``."""
+    def args(tmp_path, corpus, run, *extra):
+        return tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--train.steps", str(steps), *extra)
+    return args
 
 
 def tiny_args(run_dir: Path, cache_dir: Path, corpus: dict, *extra: str) -> list:
@@ -52,6 +60,17 @@ def run_cli(argv, env_extra=None, timeout=120, launcher=None) -> subprocess.Comp
     env.update(env_extra or {})
     cmd = (launcher or [sys.executable]) + [str(LM_SCRIPT)] + list(argv)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ddp_launcher(processes: int = 2) -> list:
+    """``accelerate launch`` of ``processes`` CPU processes (gloo) on a free port, so that concurrent test sessions
+    do not collide; the script's arguments need ``--run.cpu true``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(port)]
 
 
 def checkpoints(run_dir: Path) -> list:

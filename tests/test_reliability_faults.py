@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, load_ckpt, make_corpus, run_cli,
-                        run_inproc, tiny_args, train_curve)
+from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, ddp_launcher, load_ckpt, run_cli,
+                        run_inproc, steps_args, train_curve)
 from urlstm_triton.training import ConfigError, read_metrics
 from urlstm_triton.training.errors import RunDirectoryInUse, StorageError
 from urlstm_triton.training.runlock import OWNER_FILE
@@ -22,13 +22,7 @@ from urlstm_triton.training.runlock import OWNER_FILE
 STEPS = 8
 
 
-@pytest.fixture()
-def corpus(tmp_path):
-    return make_corpus(tmp_path / "text")
-
-
-def args(tmp_path, corpus, run, *extra):
-    return tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--train.steps", str(STEPS), *extra)
+args = steps_args(STEPS)
 
 
 def start(argv, launcher=None, env_extra=None) -> subprocess.Popen:
@@ -114,6 +108,30 @@ def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, si
     assert summary["reason"].startswith(f"stopped because the launcher (pid {proc.pid}) died; checkpoint saved")
     assert f"stopped because the launcher (pid {proc.pid}) died" in err
     assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]
+    assert not (run / OWNER_FILE).exists()
+
+
+def test_two_processes_one_owner_and_sigterm_to_their_launcher_stops_both_gracefully(tmp_path, corpus):
+    run = tmp_path / "run"
+    argv = args(tmp_path, corpus, "run", "--run.cpu", "true", "--train.steps", "100000", "--train.save_every", "0")
+    live = start(argv, ddp_launcher())
+    try:
+        wait_for_steps(live, run, 3, timeout=180)
+        owner = owner_pid(run)
+        env = dict(line.split("=", 1) for line in Path(f"/proc/{owner}/environ").read_text().split("\0") if "=" in line)
+        assert env["RANK"] == "0"  # the main process holds the directory; rank 1 takes no lock
+        second = run_cli(argv, launcher=ddp_launcher(), timeout=180)
+        assert second.returncode != 0
+        # both ranks of the second job stop at once with the line (the launcher then adds its own report)
+        assert second.stderr.count(f"error: run directory {run} is in use by pid {owner} on host ") == 2
+    finally:
+        live.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+        out, err = live.communicate(timeout=180)
+    assert err.count("stopped by SIGTERM; checkpoint saved at") == 2, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    (last,) = checkpoints(run)
+    assert last.name == f"step-{summary['step']:08d}" and (last / "rank001.pt").exists()
     assert not (run / OWNER_FILE).exists()
 
 
