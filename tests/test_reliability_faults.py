@@ -260,6 +260,23 @@ def test_when_the_summary_cannot_be_written_either_the_first_error_is_the_one_re
     assert "summary.json: No space left on device (the summary of this failed run is lost)" in caplog.text
 
 
+def test_a_metrics_log_that_cannot_be_written_stops_the_run_at_the_next_step(tmp_path, corpus, monkeypatch):
+    from urlstm_triton.training.records import MetricsLog
+
+    plain = MetricsLog.write
+
+    def full_after_three(self, row):
+        if row["step"] == 3 and "eval" not in row:
+            self.error = StorageError(f"cannot write {self.path}: No space left on device")
+        plain(self, row)
+
+    monkeypatch.setattr(MetricsLog, "write", full_after_three)
+    with pytest.raises(StorageError, match=r"metrics.jsonl: No space left on device"):
+        run_inproc(args(tmp_path, corpus, "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed: StorageError" and summary["step"] == 3  # seen in step 4's collective
+
+
 # ---------------------------------------------------------------------------------------- one-line errors
 def _parquet(path, column):
     import pyarrow as pa

@@ -2,6 +2,7 @@
 reported and skipped (the rest kept), cut back to the resumed step, one evaluation row per split and step."""
 import json
 import math
+import os
 
 import pytest
 
@@ -58,10 +59,21 @@ def test_an_evaluation_is_recorded_once_per_split_and_step(tmp_path):
                                   {"step": 2, "eval": "valid", "loss": 3.5}, {"step": 2, "eval": "test", "loss": 4.5}]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_failed_write_names_the_file(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl", keep_until_step=0)
     log._fh.close()
     log._fh = open("/dev/full", "w")  # every write: ENOSPC
+    log.write({"step": 1, "loss": 1.0})  # kept, for the trainer to raise on every process at once
     with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl: No space left on device"):
-        log.write({"step": 1, "loss": 1.0})
+        log.check()
+    log.close()
+
+
+def test_a_log_that_cannot_be_rewritten_keeps_the_error(tmp_path):
+    (tmp_path / "metrics.jsonl.tmp").mkdir()  # the temporary file cannot be created
+    log = MetricsLog(tmp_path / "metrics.jsonl", keep_until_step=0)
+    log.write({"step": 1, "loss": 1.0})
+    with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl: Is a directory"):
+        log.check()
     log.close()

@@ -79,17 +79,23 @@ def _eval_key(row: Dict[str, Any]) -> Optional[Tuple[int, str]]:
 
 class MetricsLog:
     """Appends rows to ``path``; made when a run starts or resumes at step ``keep_until_step`` (see the module
-    docstring). A write that fails (disk full) is a ``StorageError`` naming the file."""
+    docstring). A write that fails (disk full) is kept as ``error``, a ``StorageError`` naming the file, and the
+    log writes nothing more; ``check()`` raises it (the trainer does, on every process at once, at the next step's
+    collective: only the main process writes the log)."""
 
     def __init__(self, path, keep_until_step: int, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self.error: Optional[StorageError] = None
         self._fh = None
         if not enabled:
             return
         rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until_step]
         self._evals: Set[Tuple[int, str]] = {k for k in map(_eval_key, rows) if k}
-        self._rewrite(rows)
+        try:
+            self._rewrite(rows)
+        except StorageError as e:
+            self.error = e
 
     def _rewrite(self, rows: List[Dict[str, Any]]) -> None:
         if self._fh is not None:
@@ -106,20 +112,27 @@ class MetricsLog:
             raise StorageError(f"cannot write {self.path}: {e.strerror or e}") from e
 
     def write(self, row: Dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.error is not None:
             return
         key = _eval_key(row)
-        if key in self._evals:  # this split was evaluated at this step before (an interrupted final evaluation)
-            self._fh.close()
-            self._fh = None
-            self._rewrite([r for r in read_metrics(self.path) if _eval_key(r) != key])
-        if key:
-            self._evals.add(key)
         try:
+            if key in self._evals:  # this split was evaluated at this step before (an interrupted final evaluation)
+                self._fh.close()
+                self._fh = None
+                self._rewrite([r for r in read_metrics(self.path) if _eval_key(r) != key])
+            if key:
+                self._evals.add(key)
             self._fh.write(encode_row(row) + "\n")
             self._fh.flush()
+        except StorageError as e:
+            self.error = e
         except OSError as e:
-            raise StorageError(f"cannot write {self.path}: {e.strerror or e}") from e
+            self.error = StorageError(f"cannot write {self.path}: {e.strerror or e}")
+
+    def check(self) -> None:
+        """Raise the error of a failed write, if there was one."""
+        if self.error is not None:
+            raise self.error
 
     def close(self) -> None:
         if self._fh is not None:

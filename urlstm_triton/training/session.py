@@ -133,13 +133,13 @@ class RunSession:
             raise
 
     def run_on_main(self, action) -> None:
-        """Run ``action`` on the main process only and raise its ConfigError on every process: the others must not
-        go on into a collective the main process will never join. Collective."""
+        """Run ``action`` on the main process only and raise its error on every process: the others must not go on
+        into a collective the main process will never join. Collective."""
         error = None
         if self.accelerator.is_main_process:
             try:
                 action()
-            except ConfigError as e:
+            except Exception as e:  # noqa: BLE001 - shared with the other processes, then raised everywhere
                 error = e
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -166,13 +166,15 @@ class RunSession:
             _quiet_library_bars()
         log.info("%s run in %s on %s (%d process%s), config hash %s:\n%s", job, self.run_dir, acc.device,
                  acc.num_processes, "" if acc.num_processes == 1 else "es", self.hash, format_config(cfg))
-        if acc.is_main_process:
-            try:
-                write_json_atomic({"job": job, "config_hash": self.hash, "config": config_to_dict(cfg)},
-                                  self.run_dir / "config.json")
-            except OSError as e:
-                raise StorageError(f"cannot write {self.run_dir / 'config.json'}: {e.strerror or e}") from e
+        self.run_on_main(lambda: self._write_config(job))
         set_seed(cfg.train.seed)
+
+    def _write_config(self, job: str) -> None:
+        path = self.run_dir / "config.json"
+        try:
+            write_json_atomic({"job": job, "config_hash": self.hash, "config": config_to_dict(self.cfg)}, path)
+        except OSError as e:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
 
     def clear_outputs(self) -> None:
         """Delete what an earlier run left (checkpoints, TensorBoard events, metrics, summary): ``--run.overwrite``.

@@ -196,10 +196,11 @@ class Trainer:
             units += int(n)
         max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-        # one collective per step: mean loss, units, whether any process was asked to stop, and whether the main
-        # process lost the run directory to another job
+        # one collective per step: mean loss, units, whether any process was asked to stop, whether the main
+        # process lost the run directory to another job, and whether its metrics log failed to write (disk full)
         packed = torch.tensor([float(loss_sum) / len(micro), float(units), float(self._stop.signum),
-                               float(bool(self.session.ownership_lost))], dtype=torch.float64, device=acc.device)
+                               float(bool(self.session.ownership_lost)), float(self._metrics.error is not None)],
+                              dtype=torch.float64, device=acc.device)
         if acc.num_processes > 1:
             packed = acc.reduce(packed, reduction="sum")
         loss_val = float(packed[0]) / acc.num_processes
@@ -219,7 +220,8 @@ class Trainer:
             log.warning("step %d: non-finite loss/gradient norm (loss %s, grad norm %s): step skipped (%d/%d)",
                         step, loss_val, gnorm, self.guard.skipped, tcfg.max_nonfinite_skips)
         return {"step": step, "loss": loss_val, "grad_norm": gnorm, "lr": self.scheduler.get_last_lr()[0],
-                "units": int(packed[1]), "skipped": not ok, "stop": int(packed[2]), "lost": bool(packed[3])}
+                "units": int(packed[1]), "skipped": not ok, "stop": int(packed[2]), "lost": bool(packed[3]),
+                "write_failed": bool(packed[4])}
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self) -> Dict[str, Any]:
@@ -229,7 +231,8 @@ class Trainer:
         tcfg = cfg.train
         session = self.session
         main = acc.is_main_process
-        metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step, enabled=main)
+        self._metrics = metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step,
+                                             enabled=main)
         if cfg.run.tensorboard:
             acc.init_trackers("tb", config=session.tracker_config())
         # a bar only on a terminal: a log file or a pipe would get every carriage-return frame of it, and has the
@@ -249,6 +252,8 @@ class Trainer:
                 while self.step < tcfg.steps:
                     step = self.step + 1
                     row = self._train_step(step)
+                    if row["write_failed"]:
+                        session.run_on_main(metrics.check)  # the main process's error, raised on every process
                     if row["lost"]:  # another job owns the directory now: write nothing more into it
                         lost = True
                         raise RunDirectoryInUse(
@@ -282,6 +287,7 @@ class Trainer:
                 for split in self.objective.eval_splits:
                     evals[split] = self.evaluate(split)
                     self._log_eval(split, evals[split], self.step, metrics)
+                session.run_on_main(metrics.check)
                 status = "completed"
         except NonFiniteError as e:
             status, failure = "stopped: non-finite", e
