@@ -30,16 +30,16 @@ def _warn_once(key, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def check_keywords(extra: dict, own: Iterable[str], who: str) -> None:
+def check_keywords(extra: dict, own: Iterable[str], what: str) -> None:
     """The keywords a caller passed beyond its own parameters ``own`` must be backend options; any other is a
-    ``TypeError`` naming it, as ``nn.LSTM``'s is, with the closest name when there is one (``batch_frist``)."""
+    ``TypeError`` naming it (``what`` says what the caller calls them), as ``nn.LSTM``'s is, with the closest name
+    when there is one (``batch_frist`` -> ``batch_first``)."""
     unknown = sorted(set(extra) - set(OPTION_NAMES))
     if unknown:
         names = list(own) + list(OPTION_NAMES)
         close = [repr(m) for n in unknown for m in difflib.get_close_matches(n, names, n=1)]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise TypeError(f"unknown {who} keyword argument(s) {unknown}{hint}; the backend options are "
-                        f"{list(OPTION_NAMES)}")
+        raise TypeError(f"unknown {what}(s) {unknown}{hint}; the backend options are {list(OPTION_NAMES)}")
 
 
 def check_no_projection(proj_size, who: str) -> None:
@@ -208,7 +208,7 @@ def urlstm(
     """
     if options is None:
         check_no_projection(kernel_options.pop("proj_size", 0), "urlstm")
-        check_keywords(kernel_options, inspect.signature(urlstm).parameters, "urlstm()")
+        check_keywords(kernel_options, inspect.signature(urlstm).parameters, "triton backend option")
         options = make_options(backend=backend, **kernel_options)
     elif kernel_options or backend != "auto":
         raise TypeError("give either options= or the backend/kernel keywords, not both")

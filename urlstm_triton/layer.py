@@ -95,7 +95,7 @@ class URLSTM(_PlainPickleState, nn.Module):
         check_no_projection(proj_size, "URLSTM")
         if options is not None and (kernel_options or backend != "auto"):
             raise TypeError("give either options= or the backend/kernel keywords, not both")
-        check_keywords(kernel_options, inspect.signature(URLSTM.__init__).parameters, "URLSTM")
+        check_keywords(kernel_options, inspect.signature(URLSTM.__init__).parameters, "URLSTM keyword argument")
         self.options = make_options(options, backend=backend, **kernel_options) if options is None else options
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
