@@ -213,8 +213,32 @@ def arrive(count_ptr, SPLIT_K: tl.constexpr):
 
 
 @triton.jit
-def forward_epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr, G: tl.constexpr,
-              SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, EPI_H: tl.constexpr):
+def load_gate_blocks(ptr, H, mask, G: tl.constexpr):
+    """The ``G`` gate blocks of a tile of a ``(B, G H)`` slab (``ptr`` at gate block 0), as fp32; the fourth is
+    the third again when ``G == 3`` (the tied mode has none; callers ignore it)."""
+    b0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    b1 = tl.load(ptr + H, mask=mask, other=0.0).to(tl.float32)
+    b2 = tl.load(ptr + 2 * H, mask=mask, other=0.0).to(tl.float32)
+    b3 = b2
+    if G == 4:
+        b3 = tl.load(ptr + 3 * H, mask=mask, other=0.0).to(tl.float32)
+    return b0, b1, b2, b3
+
+
+@triton.jit
+def store_gate_blocks(ptr, b0, b1, b2, b3, H, mask, G: tl.constexpr):
+    """Store ``G`` gate-block tiles into a ``(B, G H)`` slab (``ptr`` at gate block 0), in its dtype."""
+    ty = ptr.dtype.element_ty
+    tl.store(ptr, b0.to(ty), mask=mask)
+    tl.store(ptr + H, b1.to(ty), mask=mask)
+    tl.store(ptr + 2 * H, b2.to(ty), mask=mask)
+    if G == 4:
+        tl.store(ptr + 3 * H, b3.to(ty), mask=mask)
+
+
+@triton.jit
+def forward_epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr,
+                     G: tl.constexpr, SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, EPI_H: tl.constexpr):
     """Forward gate math of step ``t64`` for rows ``rb`` and units ``u0 .. u0 + EPI_H``, from their gate-minor
     pre-activations ``acc`` (``(BLOCK_B, 4 EPI_H)``, without the input projection): adds ``xproj``, reads
     ``c_{t-1}``, writes ``h_t``, ``c_t`` and (``SAVE_GATES``) the activated gates in the ``gates`` buffer's
@@ -225,31 +249,19 @@ def forward_epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_p
     bh = B * H
     gh = G * H
     row = rb[:, None] * gh + rh[None, :]  # gate block 0 of (b, j) in a (B, G*H) step
-    xp = xp_ptr + t64 * B * gh
-    z0 = a0 + tl.load(xp + row, mask=m2, other=0.0).to(tl.float32)
-    z1 = a1 + tl.load(xp + row + H, mask=m2, other=0.0).to(tl.float32)
-    z2 = a2 + tl.load(xp + row + 2 * H, mask=m2, other=0.0).to(tl.float32)
-    z3 = a3
-    if G == 4:
-        z3 = a3 + tl.load(xp + row + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    x0, x1, x2, x3 = load_gate_blocks(xp_ptr + t64 * B * gh + row, H, m2, G)
     hc = rb[:, None] * H + rh[None, :]
     c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
-    h, c, g0, g1, g2, g3 = cell_forward(z0, z1, z2, z3, c_prev, MODE)
+    h, c, g0, g1, g2, g3 = cell_forward(a0 + x0, a1 + x1, a2 + x2, a3 + x3, c_prev, MODE)
     tl.store(cs_ptr + (t64 + 1) * bh + hc, c, mask=m2)
     tl.store(hs_ptr + (t64 + 1) * bh + hc, h.to(hs_ptr.dtype.element_ty), mask=m2)
     if SAVE_GATES:
-        gp = gates_ptr + t64 * B * gh + row
-        ty = gates_ptr.dtype.element_ty
-        tl.store(gp, g0.to(ty), mask=m2)
-        tl.store(gp + H, g1.to(ty), mask=m2)
-        tl.store(gp + 2 * H, g2.to(ty), mask=m2)
-        if G == 4:
-            tl.store(gp + 3 * H, g3.to(ty), mask=m2)
+        store_gate_blocks(gates_ptr + t64 * B * gh + row, g0, g1, g2, g3, H, m2, G)
 
 
 @triton.jit
 def backward_epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE: tl.constexpr,
-              G: tl.constexpr):
+                      G: tl.constexpr):
     """Gate derivatives of step ``t64`` for rows ``rb`` and ``units``, given ``dh`` (every path but
     ``d_out[t]``, which it adds): reads the saved gates and cell states and ``dc`` (this tile's, updated in
     place to ``dc_{t-1}``), writes ``dz_t``. The step and the persistent backward kernels both use it."""
@@ -260,22 +272,10 @@ def backward_epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr,
     hc = rb[:, None] * H + units[None, :]
     dh = dh + tl.load(dout_ptr + t64 * bh + hc, mask=m2, other=0.0).to(tl.float32)
     row = rb[:, None] * gh + units[None, :]
-    gp = gates_ptr + t64 * B * gh + row
-    a0 = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-    a1 = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
-    a2 = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-    a3 = a2  # unused in the tied mode (three gate blocks)
-    if G == 4:
-        a3 = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    a0, a1, a2, a3 = load_gate_blocks(gates_ptr + t64 * B * gh + row, H, m2, G)
     c_prev = tl.load(cs_ptr + t64 * bh + hc, mask=m2, other=0.0)
     c = tl.load(cs_ptr + (t64 + 1) * bh + hc, mask=m2, other=0.0)
     dc = tl.load(dc_ptr + hc, mask=m2, other=0.0)
     dz0, dz1, dz2, dz3, dc_prev = cell_backward(a0, a1, a2, a3, c_prev, c, dh, dc, MODE)
     tl.store(dc_ptr + hc, dc_prev, mask=m2)
-    dzp = dz_ptr + t64 * B * gh + row
-    ty = dz_ptr.dtype.element_ty
-    tl.store(dzp, dz0.to(ty), mask=m2)
-    tl.store(dzp + H, dz1.to(ty), mask=m2)
-    tl.store(dzp + 2 * H, dz2.to(ty), mask=m2)
-    if G == 4:
-        tl.store(dzp + 3 * H, dz3.to(ty), mask=m2)
+    store_gate_blocks(dz_ptr + t64 * B * gh + row, dz0, dz1, dz2, dz3, H, m2, G)

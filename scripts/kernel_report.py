@@ -18,7 +18,8 @@ instructions. One row per (kernel, config, dtype):
                     (kernels/cost_model.py; assumptions there and in BENCHMARKS.md), beside cuDNN's measured time
 
 These are compile data and model estimates, never measurements. Internal Triton APIs are used (the JIT binder,
-``_pack_args``); they are the same on triton 3.6 and 3.9. To report for triton 3.6 beside an installed 3.9:
+``_pack_args``); they are the same on triton 3.6 and 3.9. Started with ``TRITON_INTERPRET`` set, it runs itself
+again without it (the kernels must be compiled, not interpreted). To report for triton 3.6 beside an installed 3.9:
 
     pip install --no-deps --target /tmp/triton36 triton==3.6.0
     PYTHONPATH=/tmp/triton36 python scripts/kernel_report.py --json report-3.6.json
@@ -28,33 +29,30 @@ These are compile data and model estimates, never measurements. Internal Triton 
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
+import json
+import math
 import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
 
-os.environ.pop("TRITON_INTERPRET", None)  # kernels must be compiled, not interpreted: before any kernel import
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default triton 3.9 warns about (and 3.6 has)
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from typing import Dict, List, Optional  # noqa: E402
-
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource, make_backend  # noqa: E402
-from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
-
-from urlstm_triton import kernels as K  # noqa: E402
-from urlstm_triton.benchmarks import CONFIGS, CUDNN_MS, LONG_CONFIGS  # noqa: E402
-from urlstm_triton.kernels import cost_model as CM  # noqa: E402
-from urlstm_triton.kernels import persistent as P  # noqa: E402
-from urlstm_triton.kernels import step_plan as SP  # noqa: E402
+from urlstm_triton import kernels as K
+from urlstm_triton.benchmarks import CONFIGS, CUDNN_MS, LONG_CONFIGS
+from urlstm_triton.kernels import cost_model as CM
+from urlstm_triton.kernels import persistent as P
+from urlstm_triton.kernels import step_plan as SP
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = {"refine": K.MODE_REFINE, "tied": K.MODE_TIED, "classic": K.MODE_CLASSIC}
@@ -360,6 +358,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        # the kernels were decorated for Triton's interpreter when this module was imported: start again without
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        return subprocess.call([sys.executable, "-m", "urlstm_triton.scripts.kernel_report", *argv], env=env)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9's default, without its warning
     args, dtypes, families, configs = parse_args(argv)
     arch = ARCHS[args.arch]
     rows = report(configs, dtypes, arch, families, args.mode)

@@ -510,3 +510,24 @@ def test_cuda_accelerate_bf16_mixed_precision_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["fwd-split2.bwd-split3-subtiles", "empty-slices"])
+def test_split_tiles_every_gradient_through_the_backend(dtype, name):
+    """The split-K and sub-tiled paths through the whole backend (input projection, autograd, weight GEMMs):
+    outputs, final states and all six gradients per gate block against float64, saved everything and chunked,
+    with gates saved in the compute dtype (the default) and in fp32."""
+    spec = parse_gate("UR")
+    cfg = _tiles(*SPLIT_TILES[name])
+    ps = make_problem(spec, 3, 5, 6, 20, dtype)
+    assert_close(errors(spec, ps, dtype, config=cfg, kernel="step"), TOL[dtype])
+    assert_close(errors(spec, ps, dtype, config=cfg, kernel="step", chunk_size=2), TOL[dtype])
+    assert_close(errors(spec, ps, dtype, config=cfg, kernel="step", gate_storage="fp32"), TOL[dtype])
+
+
+def test_bad_gate_storage_is_refused():
+    spec = parse_gate("UR")
+    ps = [p.float() for p in make_problem(spec, 2, 1, 2, 3, torch.float32)]
+    with pytest.raises(ValueError, match="gate_storage"):
+        triton_recurrence(*ps, spec, gate_storage="fp8")

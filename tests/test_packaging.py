@@ -215,7 +215,7 @@ def test_a_console_script_runs_the_job():
     assert exe.exists(), "console scripts missing: reinstall (bash scripts/setup.sh)"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "presets: copy, adding" in proc.stdout
+    assert "presets: copy, adding" in proc.stdout.lower()
 
 
 def test_setup_stops_when_an_install_fails(tmp_path):

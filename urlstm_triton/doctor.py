@@ -111,6 +111,7 @@ def print_environment(env: Dict) -> None:
 
 def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     """``(name, Problem, backend options)`` for one family: the first is its basic problem (``--quick``)."""
+    from .kernels import TileConfig, Tiles
     from .kernels.persistent import PersistentConfig
     from .parity import Problem
     from .selfcheck import CHECK_MAX_SPINS
@@ -118,10 +119,13 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     # a barrier timeout raises at once (no device-side assert that would end the session's CUDA context)
     sync = dict(check="sync", max_spins=CHECK_MAX_SPINS)
     planned = PersistentConfig(**sync)
+    # split reductions (fp32 partials summed by the last program of a tile), epilogues in sub-tiles, ragged
+    split = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 8, 16, split_k=3, epi_h=4),
+                                                    bwd=Tiles(16, 32, 16, split_k=2, epi_h=8))}
     if not on_gpu:  # the interpreter: tiny; H=20 is two step-kernel tiles of 16 (the second ragged)
         tiny, chunks = Problem(3, 3, 5, 20), Problem(4, 2, 3, 20)
         return {
-            "step": [("ragged tiles", tiny, {"kernel": "step"})],
+            "step": [("ragged tiles", tiny, {"kernel": "step"}), ("split-K, sub-tiled epilogues", tiny, split)],
             "persistent": [("one hidden tile", tiny, {"kernel": "persistent", "config": planned})],
             "chunked": [("step kernels, chunks 3+1", chunks, {"kernel": "step", "chunk_size": 3}),
                         ("persistent kernels, chunks 3+1", chunks,
@@ -133,7 +137,8 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     full = 16 * sm_count - 5  # 16-unit hidden tiles: one program on every SM, the last tile ragged
     return {
         "step": [("ragged tiles", odd, {"kernel": "step"}),
-                 ("more programs than SMs", Problem(6, 130, 16, 16 * sm_count + 13), {"kernel": "step"})],
+                 ("more programs than SMs", Problem(6, 130, 16, 16 * sm_count + 13), {"kernel": "step"}),
+                 ("split-K, sub-tiled epilogues", odd, split)],
         "persistent": [("planned tiles", many, {"kernel": "persistent", "config": planned}),
                        ("one program per SM, U streamed", Problem(8, 4, 8, full),
                         {"kernel": "persistent", "config": PersistentConfig(block_h=16, u_on_chip=False, **sync)}),
@@ -142,7 +147,7 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
         "chunked": [("step kernels, chunks 4+4+2", Problem(10, 19, 7, 45), {"kernel": "step", "chunk_size": 4}),
                     ("persistent kernels, chunks 4+4+2", many,
                      {"kernel": "persistent", "config": planned, "chunk_size": 4})],
-        # graph capture cannot read the timeout flag synchronously: the persistent kernels' default check
+        # a capture cannot read the timeout flag: the graph wrapper reads it after each replay
         "graphed": [("step kernels", odd, {"kernel": "step", "cuda_graph": True}),
                     ("persistent kernels", many, {"kernel": "persistent", "cuda_graph": True})],
     }[family]

@@ -35,6 +35,8 @@ class ModelConfig(RecurrentConfig):
 
 @dataclass
 class DataConfig:
+    """The corpus (--data.*): where the text comes from, how much of it, and the token cache."""
+
     source: Literal["pydoc", "hf", "files"] = opt("pydoc", "corpus: Python's pydoc_data.topics (offline), a Hugging "
                                                            "Face dataset, or local files")
     hf_name: str = opt("Salesforce/wikitext", "Hugging Face dataset name (source=hf)")
@@ -78,6 +80,8 @@ def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> None:
 
 @dataclass
 class TokenizerConfig:
+    """The sentencepiece tokeniser trained on the corpus (--tokenizer.*)."""
+
     type: Literal["unigram", "bpe"] = opt("unigram", "sentencepiece model type")
     vocab_size: int = opt(8000, "vocabulary size")
     byte_fallback: bool = opt(True, "encode unknown characters as UTF-8 bytes (needs vocab_size > ~260)")
@@ -99,6 +103,8 @@ class TokenizerConfig:
 
 @dataclass
 class LMConfig:
+    """Settings of the language-model job, by section."""
+
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -26,6 +26,8 @@ ModelConfig = RecurrentConfig
 
 @dataclass
 class SyntheticConfig:
+    """The synthetic task (--task.*): copy or adding, its length and the batch."""
+
     name: Literal[SYNTHETIC_TASKS] = opt("copy", "synthetic task")
     lag: int = opt(480, "copy task: blanks between the 10 symbols and the 10 cue markers")
     length: int = opt(2000, "adding task: sequence length T")
@@ -44,6 +46,8 @@ class SyntheticConfig:
 
 @dataclass
 class SyntheticJobConfig:
+    """Settings of the synthetic-task job, by section."""
+
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -52,6 +56,8 @@ class SyntheticJobConfig:
 
 @dataclass
 class VisionDataConfig:
+    """The image task and its data (--data.*)."""
+
     task: Literal[tuple(VISION_TASKS)] = opt("smnist", "smnist (784 steps of 1 pixel), pmnist (one fixed "
                                                        "permutation), scifar (1024 steps of RGB)")
     data: Optional[str] = opt(None, "local file (.csv/.csv.gz, .npz, .parquet); default: the hub data set",
@@ -91,6 +97,8 @@ class VisionDataConfig:
 
 @dataclass
 class VisionJobConfig:
+    """Settings of the pixel-by-pixel image job, by section."""
+
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(schedule="constant"))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=1024))

@@ -23,6 +23,8 @@ def launched_world_size() -> int:
 
 @dataclass
 class RunConfig:
+    """Where and how the run executes (--run.*): its directory, resume, devices, logging."""
+
     dir: str = opt("", "run directory (checkpoints, logs, summary); default runs/<job>-<preset>", resume_safe=True)
     preset: str = opt("", "the preset this config started from (set by --preset)", resume_safe=True)
     resume: bool = opt(False, "continue from the newest complete checkpoint in the run directory", resume_safe=True)
@@ -45,6 +47,8 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
+    """The optimisation (--train.*): steps, optimiser, schedule, clipping, precision, evaluation, checkpoints."""
+
     steps: int = opt(1000, "optimiser steps in total", resume_safe=True)
     seed: int = opt(0, "seed for parameters, dropout and data order")
     optimizer: Literal["adam", "adamw", "sgd"] = opt("adam", "optimiser")
