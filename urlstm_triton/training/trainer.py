@@ -312,7 +312,7 @@ class Trainer:
             }
             if main and not lost:
                 self._write_summary(summary, failure)
-            if cfg.run.tensorboard:
+            if cfg.run.tensorboard and not lost:
                 acc.end_training()
         return summary
 
