@@ -41,3 +41,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """A generated train/valid/test corpus of .txt files for the LM trainer's tests (lm_helpers.make_corpus)."""
+    from lm_helpers import make_corpus
+
+    return make_corpus(tmp_path / "text")

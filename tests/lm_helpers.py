@@ -2,9 +2,9 @@
 (in-process and as a subprocess) and readers of what a run leaves behind."""
 from __future__ import annotations
 
-import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +26,13 @@ def make_corpus(directory: Path, seed: int = 0, lines=(400, 40, 40)) -> dict:
         p.write_text("".join(" ".join(r.choice(words) for _ in range(r.randint(0, 12))) + "\n" for _ in range(n)))
         paths[split] = p
     return paths
+
+
+def steps_args(steps: int):
+    """``args(tmp_path, corpus, run_name, *extra)``: a tiny run of ``steps`` steps in ``tmp_path/run_name``."""
+    def args(tmp_path, corpus, run, *extra):
+        return tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--train.steps", str(steps), *extra)
+    return args
 
 
 def tiny_args(run_dir: Path, cache_dir: Path, corpus: dict, *extra: str) -> list:
@@ -55,6 +62,17 @@ def run_cli(argv, env_extra=None, timeout=120, launcher=None) -> subprocess.Comp
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def ddp_launcher(processes: int = 2) -> list:
+    """``accelerate launch`` of ``processes`` CPU processes (gloo) on a free port, so that concurrent test sessions
+    do not collide; the script's arguments need ``--run.cpu true``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(port)]
+
+
 def checkpoints(run_dir: Path) -> list:
     d = Path(run_dir) / "checkpoints"
     return sorted(p for p in d.iterdir() if p.name.startswith("step-")) if d.is_dir() else []
@@ -73,7 +91,9 @@ def load_ckpt(path: Path) -> dict:
 
 
 def train_curve(run_dir: Path) -> list:
-    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    from urlstm_triton.training import read_metrics  # non-finite values are null + a flag on disk, floats here
+
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r["skipped"]) for r in rows if "eval" not in r]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm_helpers import make_corpus, tiny_args
+from lm_helpers import tiny_args
 from urlstm_triton.lm.batching import TrainStream, eval_windows
 from urlstm_triton.lm.config import PRESETS, LMConfig
 from urlstm_triton.lm.corpus import load_corpus
@@ -18,11 +18,6 @@ from urlstm_triton.training import ConfigError, DataError, parse_config
 
 def cfg_for(tmp_path, corpus, *extra):
     return parse_config(LMConfig, tiny_args(tmp_path / "run", tmp_path / "cache", corpus, *extra), PRESETS)
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    return make_corpus(tmp_path / "text")
 
 
 def test_word_level_perplexity_arithmetic_on_a_hand_made_example():

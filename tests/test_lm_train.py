@@ -1,19 +1,12 @@
 """The LM trainer end to end on a generated corpus: a tiny run, exact resume, two processes, the LSTM flag."""
 import json
-import socket
-import sys
 
 import pytest
 import torch
 
-from lm_helpers import (assert_same_state, checkpoints, load_ckpt, make_corpus, run_cli, run_inproc, tiny_args,
+from lm_helpers import (assert_same_state, checkpoints, ddp_launcher, load_ckpt, run_cli, run_inproc, tiny_args,
                         train_curve)
 from urlstm_triton.training import TrainingInterrupted
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    return make_corpus(tmp_path / "text")
 
 
 def test_tiny_run_writes_checkpoints_summary_and_logs(tmp_path, corpus):
@@ -55,14 +48,8 @@ def test_resume_continues_at_the_next_step_with_identical_data_and_state(tmp_pat
 
 def test_two_process_cpu_run_gives_each_rank_its_own_contiguous_rows_and_resumes_exactly(tmp_path, corpus):
     def launch(run, *extra, env=None):
-        with socket.socket() as sock:  # a free port, so that concurrent test sessions do not collide
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(port)]
         argv = tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--run.cpu", "true", "--train.steps", "6", *extra)
-        return run_cli(argv, env, launcher=launcher, timeout=180)
+        return run_cli(argv, env, launcher=ddp_launcher(), timeout=180)
 
     res = launch("ref")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from urlstm_triton import URLSTM, urlstm
+from urlstm_triton import URLSTM, URLSTMCell, urlstm
 from urlstm_triton.options import LayerOptions, make_options, parse_chunk_size
 
 PACKAGE = Path(__file__).resolve().parents[1] / "urlstm_triton"
@@ -53,8 +53,13 @@ def test_layer_keywords_make_the_options_and_unknown_ones_are_type_errors():
     m = URLSTM(3, 4, backend="triton", kernel="step", chunk_size=64)
     assert m.options == LayerOptions(backend="triton", kernel="step", chunk_size=64) and m.backend == "triton"
     assert "chunk_size=64" in repr(m)
-    with pytest.raises(TypeError, match=r"unknown URLSTM keyword argument\(s\) \['batch_frist'\]"):
+    with pytest.raises(TypeError, match=r"unknown URLSTM keyword argument\(s\) \['batch_frist'\] \(did you mean "
+                                        r"'batch_first'\?\)"):
         URLSTM(8, 16, batch_frist=True)
+    with pytest.raises(TypeError, match=r"unknown URLSTM keyword argument\(s\) \['foo'\]; the backend options"):
+        URLSTM(8, 16, foo=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_first'"):
+        URLSTMCell(8, 16, batch_first=True)  # nn.LSTMCell has no batch_first either
     with pytest.raises(NotImplementedError, match="proj_size=4"):
         URLSTM(8, 16, proj_size=4)
     assert URLSTM(8, 16, proj_size=0).hidden_size == 16  # nn.LSTM's default means "no projection"
@@ -72,6 +77,11 @@ def test_functional_entry_point_takes_the_same_options():
     assert torch.equal(out, expected)
     with pytest.raises(TypeError, match=r"unknown triton backend option\(s\) \['tile'\]"):
         urlstm(x, m.layer_weights(), backend="reference", tile=16)
+    with pytest.raises(TypeError, match=r"\['batch_frist'\] \(did you mean 'batch_first'\?\)"):
+        urlstm(x, m.layer_weights(), batch_frist=True)
+    with pytest.raises(NotImplementedError, match=r"proj_size=2: urlstm has no projection of h"):
+        urlstm(x, m.layer_weights(), proj_size=2)
+    assert torch.equal(urlstm(x, m.layer_weights(), backend="reference", proj_size=0)[0], expected)
 
 
 def _module_name(path: Path) -> str:

@@ -16,20 +16,14 @@ import time
 import pytest
 import torch
 
-from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, load_ckpt, make_corpus, run_cli,
-                        run_inproc, tiny_args, train_curve)
+from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, load_ckpt, run_cli, run_inproc,
+                        steps_args, train_curve)
 from urlstm_triton.training import ConfigError, DataError, IncompatibleCheckpoint, NonFiniteError
 
 STEPS = 12
 
 
-@pytest.fixture()
-def corpus(tmp_path):
-    return make_corpus(tmp_path / "text")
-
-
-def args(tmp_path, corpus, run, *extra):
-    return tiny_args(tmp_path / run, tmp_path / "cache", corpus, "--train.steps", str(STEPS), *extra)
+args = steps_args(STEPS)
 
 
 def test_sigkill_at_random_steps_and_during_a_save_then_resume_equals_the_uninterrupted_run(tmp_path, corpus):

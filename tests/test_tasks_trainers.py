@@ -173,3 +173,20 @@ def test_a_run_stopped_by_the_nonfinite_guard_still_says_what_it_was(tmp_path, m
     run = load_run(tmp_path / "nan" / "summary.json")
     assert run["status"] == "stopped: non-finite" and run["task"] == "adding" and run["variant"] == "U-"
     assert run["step"] == 1 and run["final"] == {}
+
+
+def test_a_full_disk_is_the_error_reported_even_when_the_summary_cannot_be_completed(tmp_path, monkeypatch, caplog):
+    from urlstm_triton.tasks import run_summary
+    from urlstm_triton.training.errors import StorageError
+
+    def no_space(path, summary):
+        raise StorageError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(run_summary, "write_summary", no_space)
+    monkeypatch.setenv("URLSTM_FAULTS", "enospc@2")
+    with pytest.raises(StorageError, match=r"cannot write checkpoint .*step-00000002: No space left on device"):
+        _synthetic(tmp_path, "full", "--name", "adding", "--length", "6", "--hidden", "4", "--batch_size", "2",
+                   "--eval_size", "2", "--steps", "4", "--save_every", "1", "--variant", "U-")
+    assert "summary.json: No space left on device (the summary of this failed run is not completed)" in caplog.text
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())  # the trainer's own, still written
+    assert summary["status"] == "failed: StorageError" and summary["step"] == 2

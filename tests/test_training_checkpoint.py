@@ -1,4 +1,5 @@
 """Checkpoint manager, schedule, guard and fault parsing, without a training run."""
+import errno
 import hashlib
 import json
 import math
@@ -8,8 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from urlstm_triton.training import (CheckpointManager, CorruptCheckpoint, Faults, IncompatibleCheckpoint,
+from urlstm_triton.training import (CheckpointManager, ConfigError, CorruptCheckpoint, Faults, IncompatibleCheckpoint,
                                     NonFiniteError, NonFiniteGuard, lr_factor)
+from urlstm_triton.training.errors import StorageError
+from urlstm_triton.training.files import write_json_atomic
 
 
 class Counter:
@@ -171,5 +174,112 @@ def test_fault_spec_parsing():
     f = Faults("nan_loss@3,kill@5:all,sigterm@7", process_index=1)
     assert not f.nan_loss(3) and f.at["kill"] == {5} and f.at["sigterm"] == set()
     assert Faults("nan_loss@3", process_index=0).nan_loss(3)
-    with pytest.raises(ValueError, match="bad entry 'boom@x'"):
+    with pytest.raises(ConfigError, match="URLSTM_FAULTS: bad entry 'boom@x'; expected kind@step"):
         Faults("boom@x")
+    assert Faults("enospc@4").save_hook(4) is not None and Faults("enospc@4").save_hook(3) is None
+
+
+def _fake_checkpoint(directory: Path, step: int) -> Path:
+    """A complete-looking checkpoint whose file is corrupt (as resume found the newer ones in issue 14)."""
+    d = directory / f"step-{step:08d}"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"garbage")
+    (d / "manifest.json").write_text(json.dumps({"format": 2, "step": step, "config_hash": "x", "world_size": 1,
+                                                 "files": {"model.safetensors": {"sha256": "0" * 64, "bytes": 7}}}))
+    return d
+
+
+def test_retention_only_deletes_checkpoints_older_than_the_one_just_written(tmp_path):
+    s = Setup(tmp_path, keep=2)
+    newer = [_fake_checkpoint(s.m.dir, step) for step in (20, 25, 30)]  # unusable, but "newer"
+    s.save(5)
+    s.save(10)
+    names = [p.name for p in s.m.list_step_dirs()]
+    assert names == ["step-00000005", "step-00000010", "step-00000020", "step-00000025", "step-00000030"]
+    s.save(15)  # keep=2: 10 and 15 stay, 5 goes; 20/25/30 are not counted and not touched
+    assert [p.name for p in s.m.list_step_dirs()] == ["step-00000010", "step-00000015"] + [p.name for p in newer]
+    s.save(20)  # saving a step that exists replaces it (the corrupt one) ...
+    assert s.m.verify(s.m.dir / "step-00000020")["step"] == 20
+    assert [p.name for p in s.m.list_step_dirs()][:2] == ["step-00000015", "step-00000020"]  # ... 10 goes
+    assert not list(s.m.dir.glob(".old-*")) and not list(s.m.dir.glob(".tmp-*"))
+
+
+def test_resaving_a_step_swaps_it_in_whole(tmp_path):
+    s = Setup(tmp_path)
+    s.save(3)
+    with torch.no_grad():
+        s.model.weight.fill_(7.0)
+    s.m.save(3, {"pos": "again"})
+    path, manifest = s.m.latest_valid()
+    assert path.name == "step-00000003" and s.m.load(path, manifest) == {"pos": "again"}
+    assert torch.equal(s.model.weight, torch.full((2, 3), 7.0))
+    # what a crash between the two renames leaves: the old one aside, the new one not yet in place
+    (s.m.dir / ".old-step-00000004").mkdir()
+    s.save(5)
+    assert not (s.m.dir / ".old-step-00000004").exists()  # cleaned at the next save
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m.update(files=list(m["files"])), "'files' is missing or not a dict"),
+    (lambda m: m["files"]["model.safetensors"].pop("bytes"), "file entry 'model.safetensors' needs 'sha256' and "
+                                                            "'bytes'"),
+    (lambda m: m["files"].update({"../../escape": {"sha256": "0", "bytes": 1}}), "file entry '../../escape' is not "
+                                                                                 "a path inside the checkpoint"),
+    (lambda m: m.pop("world_size"), "'world_size' is missing or not an int"),
+    (lambda m: m.update(step="1"), "'step' is missing or not an int"),
+    (lambda m: m.update(step=9), "it says step 9"),
+    (lambda m: m.clear() or m.update(a=[1]), "'format' is missing"),
+])
+def test_a_malformed_manifest_is_reported_and_skipped(tmp_path, edit, needle, caplog):
+    s = Setup(tmp_path)
+    s.save(1)
+    d2 = s.save(2)
+    manifest = json.loads((d2 / "manifest.json").read_text())
+    edit(manifest)
+    (d2 / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="urlstm_triton.training"):
+        path, _ = s.m.latest_valid()
+    assert path.name == "step-00000001"
+    assert f"checkpoint {d2}: malformed manifest.json ({needle}" in caplog.text
+    (d2 / "manifest.json").write_text("[1, 2]")  # valid JSON, not an object
+    with pytest.raises(CorruptCheckpoint, match=r"malformed manifest.json \(a list, not an object\)"):
+        s.m.verify(d2)
+
+
+def test_missing_path_and_file_where_a_checkpoint_goes(tmp_path):
+    s = Setup(tmp_path)
+    with pytest.raises(CorruptCheckpoint, match=rf"checkpoint {tmp_path}/nowhere does not exist"):
+        s.m.verify(tmp_path / "nowhere")
+    s.save(1)
+    (s.m.dir / "step-00000002").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"step-00000002 is not a checkpoint directory \(a file where one goes\)"):
+        s.m.check_layout()  # the trainer checks before training
+    with pytest.raises(ConfigError, match=r"step-00000002 is not a checkpoint directory"):
+        s.save(2)  # and the save itself, if one appears during the run
+    assert not list(s.m.dir.glob(".tmp-*")) and s.m.latest_valid()[0].name == "step-00000001"
+    with pytest.raises(CorruptCheckpoint, match="is not a directory"):
+        s.m.verify(s.m.dir / "step-00000002")
+
+
+def test_a_failed_write_leaves_no_partial_files_and_keeps_the_last_checkpoint(tmp_path):
+    s = Setup(tmp_path)
+    good = s.save(1)
+    full_disk = Faults("enospc@2").save_hook(2)
+    with pytest.raises(StorageError, match=r"cannot write checkpoint .*step-00000002: No space left on device"):
+        s.m.save(2, {"pos": 2}, full_disk)
+    assert [p.name for p in s.m.dir.iterdir()] == [good.name]
+    assert s.m.latest_valid()[0] == good
+
+
+def test_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_json_atomic({"loss": float("nan"), "ok": [1.5, float("inf")]}, path)
+    assert json.loads(path.read_text()) == {"loss": None, "ok": [1.5, None]}  # strict JSON, no NaN token
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full)
+    with pytest.raises(OSError):
+        write_json_atomic({"a": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no .summary.json.tmp* left

@@ -45,10 +45,17 @@ def test_bare_bool_flag_list_values_and_equals_form():
     (["--model.backend", "reference", "--model.chunk_size", "16"], "backend='reference' takes no backend options"),
     (["--model.gate", "lstm"], "--model.gate is no longer an option: use --model.variant"),
     (["--model.rnn", "lstm"], "--model.rnn is no longer an option: use --model.variant"),
-    (["--data.batch_size", "6", "--train.grad_accum", "4"], "data.batch_size=6 is not divisible by train.grad_accum"),
+    (["--data.batch_size", "6", "--train.grad_accum", "4"], "data.batch_size=6 must be divisible by processes x "
+                                                        "train.grad_accum = 1 x 4"),
     (["--tokenizer.vocab_size", "100"], "tokenizer.vocab_size=100 is too small with byte_fallback"),
     (["--data.files", "x.txt"], "add --data.source files"),
     (["stray"], "unexpected argument 'stray'"),
+    # inf and nan parse as floats but mean nothing as settings: every float field, whichever section
+    (["--train.lr", "inf"], "train.lr must be a finite number, got inf"),
+    (["--train.grad_clip", "nan"], "train.grad_clip must be a finite number, got nan"),
+    (["--model.forget_bias=-inf"], "model.forget_bias must be a finite number, got -inf"),
+    (["--model.chrono_tmax", "inf"], "model.chrono_tmax must be a finite number, got inf"),
+    (["--train", "5"], "ambiguous option: --train could match --train.steps"),  # one line, not the usage
 ])
 def test_bad_config_is_rejected_naming_the_key(argv, needle):
     with pytest.raises(ConfigError) as e:
@@ -88,8 +95,19 @@ def test_yaml_config_file(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml: --train.steps: invalid int value: 'many'"):
         parse("--config", str(p))
     p.write_text("train: [\n")
-    with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML at line 2, column 1: expected"):
         parse("--config", str(p))
+    p.write_text("train: 5\n")  # a section given one value
+    with pytest.raises(ConfigError, match=r"c.yaml: train: expected a mapping of the train section's fields"):
+        parse("--config", str(p))
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: expected a mapping of config keys, got list"):
+        parse("--config", str(p))
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"c.yaml is not UTF-8 text \(byte 0\): not a YAML file"):
+        parse("--config", str(p))
+    with pytest.raises(ConfigError, match=r"cannot read .*missing.yaml: No such file"):
+        parse("--config", str(tmp_path / "missing.yaml"))
 
 
 def test_union_values_dash_values_and_what_the_command_line_set():

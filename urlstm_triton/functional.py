@@ -6,8 +6,10 @@ when it can run the variant, else the reference).
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from torch import Tensor
 
 from .checks import check_dropout, check_float_tensor, check_same_device, check_shape
 from .gates import GateSpec, parse_gate
-from .options import BACKENDS, LayerOptions, make_options
+from .options import BACKENDS, NAMES as OPTION_NAMES, LayerOptions, make_options
 from .reference import reference_recurrence
 
 LayerWeights = Tuple[Tensor, Tensor, Optional[Tensor]]
@@ -26,6 +28,26 @@ def _warn_once(key, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, stacklevel=3)
+
+
+def check_keywords(extra: dict, own: Iterable[str], what: str) -> None:
+    """The keywords a caller passed beyond its own parameters ``own`` must be backend options; any other is a
+    ``TypeError`` naming it (``what`` says what the caller calls them), as ``nn.LSTM``'s is, with the closest name
+    when there is one (``batch_frist`` -> ``batch_first``)."""
+    unknown = sorted(set(extra) - set(OPTION_NAMES))
+    if unknown:
+        names = list(own) + list(OPTION_NAMES)
+        close = [repr(m) for n in unknown for m in difflib.get_close_matches(n, names, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TypeError(f"unknown {what}(s) {unknown}{hint}; the backend options are {list(OPTION_NAMES)}")
+
+
+def check_no_projection(proj_size, who: str) -> None:
+    """``nn.LSTM``'s ``proj_size`` (a learnt projection of ``h``) does not exist here: 0, its default, is accepted
+    so that code written for ``nn.LSTM`` runs; anything else is refused rather than silently ignored."""
+    if proj_size:
+        raise NotImplementedError(f"proj_size={proj_size!r}: {who} has no projection of h (nn.LSTM's proj_size); "
+                                  "apply an nn.Linear to the output instead")
 
 
 def _triton_module():
@@ -178,12 +200,15 @@ def urlstm(
             reverse direction starts there, outputs past it are zero). ``URLSTM`` passes it for packed input.
         options: a :class:`~urlstm_triton.options.LayerOptions` (what ``URLSTM`` passes); without it, ``backend``
             and ``kernel_options`` (``kernel=``, ``chunk_size=`` ... the Triton backend's options) make one.
-            An unknown keyword is a ``TypeError`` naming it.
+            An unknown keyword is a ``TypeError`` naming it, as ``nn.LSTM``'s is; ``proj_size`` (an ``nn.LSTM``
+            feature the URLSTM lacks) is a ``NotImplementedError`` unless 0.
 
     Returns:
         ``(output, (h_n, c_n))`` with ``output`` ``(T, B, D*H)`` (batch-first if ``batch_first``).
     """
     if options is None:
+        check_no_projection(kernel_options.pop("proj_size", 0), "urlstm")
+        check_keywords(kernel_options, inspect.signature(urlstm).parameters, "triton backend option")
         options = make_options(backend=backend, **kernel_options)
     elif kernel_options or backend != "auto":
         raise TypeError("give either options= or the backend/kernel keywords, not both")

@@ -1,13 +1,15 @@
 """``URLSTM`` and ``URLSTMCell``: modules shaped like ``torch.nn.LSTM`` and ``torch.nn.LSTMCell``."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .checks import check_dropout, check_float_tensor, check_positive_int, check_same_device, check_shape
-from .functional import LayerWeights, urlstm
+from .functional import LayerWeights, check_keywords, check_no_projection, urlstm
 from .gates import GateSpec, init_layer_, parse_gate
 from .options import LayerOptions, make_options
 from .reference import cell_update
@@ -24,7 +26,31 @@ def _check_gate_options(spec: GateSpec, chrono_tmax) -> None:
             raise ValueError(f"chrono_tmax must be greater than 2, got {chrono_tmax}")
 
 
-class URLSTM(nn.Module):
+class _PlainPickleState:
+    """Pickles the gate and the layer options as plain dicts and rebuilds them on load, so a whole model saved with
+    ``torch.save(model)`` loads under ``torch.load(..., weights_only=True)`` with only the module class itself
+    allow-listed (``torch.serialization.safe_globals([URLSTM])``), as ``nn.LSTM`` does: ``GateSpec`` and
+    ``LayerOptions`` are internal classes that a user should not have to trust. (A ``config=`` tile override, a
+    kernels object, stays as it is: its class then needs allow-listing too.) Pickles that hold the objects
+    themselves still load."""
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["spec"] = dataclasses.asdict(state["spec"])
+        if "options" in state:
+            state["options"] = {f.name: getattr(state["options"], f.name) for f in dataclasses.fields(LayerOptions)}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        if isinstance(state.get("spec"), dict):
+            state["spec"] = GateSpec(**state["spec"])
+        if isinstance(state.get("options"), dict):
+            state["options"] = LayerOptions(**state["options"])
+        super().__setstate__(state)
+
+
+class URLSTM(_PlainPickleState, nn.Module):
     """A multi-layer UR-LSTM (or any gate variant of Gu et al. 2020), a drop-in for ``torch.nn.LSTM``.
 
     Args:
@@ -66,13 +92,11 @@ class URLSTM(nn.Module):
         **kernel_options,
     ):
         super().__init__()
-        if proj_size:
-            raise NotImplementedError(f"proj_size={proj_size}: URLSTM has no projection of h (nn.LSTM's proj_size); "
-                                      "add an nn.Linear after the layer instead")
+        check_no_projection(proj_size, "URLSTM")
         if options is not None and (kernel_options or backend != "auto"):
             raise TypeError("give either options= or the backend/kernel keywords, not both")
-        self.options = make_options(options, what="URLSTM keyword argument", backend=backend, **kernel_options) \
-            if options is None else options
+        check_keywords(kernel_options, inspect.signature(URLSTM.__init__).parameters, "URLSTM keyword argument")
+        self.options = make_options(options, backend=backend, **kernel_options) if options is None else options
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -212,7 +236,7 @@ class URLSTM(nn.Module):
         return mod
 
 
-class URLSTMCell(nn.Module):
+class URLSTMCell(_PlainPickleState, nn.Module):
     """One step of the UR-LSTM (or any variant), shaped like ``torch.nn.LSTMCell``.
 
     ``forward(input (B, I) or (I,), hx=None) -> (h_1, c_1)``. Parameters ``weight_ih`` ``(G*H, I)``,

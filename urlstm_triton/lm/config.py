@@ -13,7 +13,7 @@ from typing import List, Literal
 from ..training.config import opt
 from ..training.errors import ConfigError
 from ..training.recurrent import RecurrentConfig
-from ..training.sections import RunConfig, TrainConfig
+from ..training.sections import RunConfig, TrainConfig, launched_world_size
 
 
 @dataclass
@@ -64,9 +64,18 @@ class DataConfig:
             raise ConfigError("data.files is empty but data.source is 'files': give --data.files train=PATH ...")
         if self.source != "files" and self.files:
             raise ConfigError(f"data.files is set but data.source is {self.source!r}: add --data.source files")
-        if self.batch_size % cfg.train.grad_accum:
-            raise ConfigError(f"data.batch_size={self.batch_size} is not divisible by train.grad_accum="
-                              f"{cfg.train.grad_accum} (each micro-batch takes batch_size/grad_accum rows)")
+        check_batch_split(self.batch_size, launched_world_size(), cfg.train.grad_accum)
+
+
+def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> None:
+    """``data.batch_size`` rows are split evenly over the processes, then over the micro-batches of each. Checked
+    when the config is read (with the launcher's process count, so a bad split stops before data preparation) and
+    again when the objective is made (with the Accelerator's)."""
+    if batch_size % (processes * grad_accum):
+        raise ConfigError(
+            f"data.batch_size={batch_size} must be divisible by processes x train.grad_accum = {processes} x "
+            f"{grad_accum}: each process takes batch_size/processes contiguous rows, split into grad_accum "
+            "micro-batches")
 
 
 @dataclass

@@ -98,6 +98,36 @@ def _assign_files(files: List[str]) -> Dict[str, List[Path]]:
     return out
 
 
+def _check_parquet(path: Path, column: str) -> None:
+    """A readable parquet file with a text column ``column``, checked from its footer (no rows read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    if column not in schema.names:
+        raise DataError(f"{path}: no column {column!r} (columns: {schema.names}); set --data.text_column")
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column {column!r} holds {kind}, not text; set --data.text_column to the text "
+                        f"column (columns: {schema.names})")
+
+
+def _text_column(ds, column: str, where) -> "datasets.Dataset":  # noqa: F821
+    """The rows' ``column`` as a dataset with one ``text`` column of strings; DataError naming ``where`` if it is
+    missing or is not text."""
+    if column not in ds.column_names:
+        raise DataError(f"{where}: no column {column!r} (columns: {ds.column_names}); set --data.text_column")
+    kind = getattr(ds.features[column], "dtype", None)
+    if kind not in ("string", "large_string"):
+        raise DataError(f"{where}: column {column!r} holds {kind or ds.features[column]}, not text; set "
+                        f"--data.text_column to the text column (columns: {ds.column_names})")
+    return ds.select_columns([column]).rename_column(column, "text") if column != "text" else \
+        ds.select_columns(["text"])
+
+
 def _read_rows(paths: List[Path], column: str):
     import datasets
 
@@ -106,12 +136,10 @@ def _read_rows(paths: List[Path], column: str):
     if parquet and text:
         raise DataError(f"--data.files: mix of parquet and text files in one split: {parquet[0]}, {text[0]}")
     if parquet:
+        for p in parquet:
+            _check_parquet(p, column)
         ds = datasets.Dataset.from_parquet([str(p) for p in parquet])
-        if column not in ds.column_names:
-            raise DataError(f"{parquet[0]}: no column {column!r} (columns: {ds.column_names}); "
-                            "set --data.text_column")
-        return ds.select_columns([column]).rename_column(column, "text") if column != "text" else \
-            ds.select_columns(["text"])
+        return _text_column(ds, column, parquet[0])
     if sum(p.stat().st_size for p in text) > SMALL_FILE_BYTES:
         ds = datasets.load_dataset("text", data_files=[str(p) for p in text], split="train")
         return ds
@@ -166,13 +194,7 @@ def _hf(cfg) -> Corpus:
     for s, n in names.items():
         if n not in dd:
             raise DataError(f"{name} ({conf}) has no {n!r} split (it has {list(dd)})")
-        ds = dd[n]
-        col = cfg.data.text_column
-        if col not in ds.column_names:
-            raise DataError(f"{name} ({conf}): no column {col!r} (columns: {ds.column_names}); set "
-                            "--data.text_column")
-        splits[s] = ds.select_columns([col]).rename_column(col, "text") if col != "text" else \
-            ds.select_columns(["text"])
+        splits[s] = _text_column(dd[n], cfg.data.text_column, f"{name} ({conf})")
     key = _sha("hf", name, conf, *[splits[s]._fingerprint for s in SPLITS])
     return Corpus(splits, key, f"{name} ({conf})")
 

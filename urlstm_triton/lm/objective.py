@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..training.errors import ConfigError
 from ..training.objective import Objective
 from .batching import TrainStream, eval_windows
+from .config import check_batch_split
 from .metrics import lm_metrics
 
 
@@ -30,11 +31,7 @@ class LMObjective(Objective):
         self.device = accelerator.device
         world, rank = accelerator.num_processes, accelerator.process_index
         d = cfg.data
-        if d.batch_size % (world * cfg.train.grad_accum):
-            raise ConfigError(
-                f"data.batch_size={d.batch_size} must be divisible by processes x train.grad_accum = {world} x "
-                f"{cfg.train.grad_accum}: each process takes batch_size/processes contiguous rows, split into "
-                "grad_accum micro-batches")
+        check_batch_split(d.batch_size, world, cfg.train.grad_accum)
         self.stream = TrainStream(data.splits["train"].ids, d.batch_size, d.bptt, rank, world)
         self.n_micro = cfg.train.grad_accum
         self.carry: List[Optional[tuple]] = [None] * self.n_micro

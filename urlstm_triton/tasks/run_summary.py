@@ -6,11 +6,16 @@ and best evaluation metrics (best over every periodic evaluation in ``metrics.js
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ..training.errors import StorageError
 from ..training.records import read_metrics, write_summary
+
+log = logging.getLogger("urlstm_triton.training")
 
 # metrics where larger is better; every other metric (loss, mse) is better when smaller
 HIGHER_IS_BETTER = ("accuracy",)
@@ -53,5 +58,11 @@ def complete_summary(run_dir, split: str, extra: Dict[str, Any]) -> Dict[str, An
     out["eval_split"] = split
     out["final"] = summary.get("eval", {}).get(split, {})
     out["best"] = best_metrics(history)
-    write_summary(path, out)
+    failing = sys.exc_info()[1]  # called from a job's `finally`: the error the run is stopping with, if any
+    try:
+        write_summary(path, out)
+    except StorageError as e:  # a full disk: the error that stopped the run stays the one reported
+        if failing is None:
+            raise
+        log.error("%s (the summary of this failed run is not completed)", e)
     return out

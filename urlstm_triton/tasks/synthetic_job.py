@@ -85,17 +85,17 @@ class SyntheticObjective(Objective):
 
 
 def run(cfg: SyntheticJobConfig) -> Dict[str, Any]:
-    session = RunSession(cfg, job=f"synthetic-{cfg.task.name}")
-    task = build_task(cfg)
-    model = build_model(cfg, task)
-    extra = {"task": cfg.task.name, "variant": cfg.model.variant, "chance": task.chance,
-             "seq_len": task.seq_len, "params": sum(p.numel() for p in model.parameters()),
-             "device": str(session.accelerator.device)}
-    try:
-        summary = Trainer(session, model, SyntheticObjective(task, session)).fit()
-    finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
-        if session.is_main:
-            summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
+    with RunSession(cfg, job=f"synthetic-{cfg.task.name}") as session:
+        task = build_task(cfg)
+        model = build_model(cfg, task)
+        extra = {"task": cfg.task.name, "variant": cfg.model.variant, "chance": task.chance,
+                 "seq_len": task.seq_len, "params": sum(p.numel() for p in model.parameters()),
+                 "device": str(session.accelerator.device)}
+        try:
+            summary = Trainer(session, model, SyntheticObjective(task, session)).fit()
+        finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
+            if session.is_main and not session.ownership_lost:
+                summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
     return summary
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training import ConfigError, Objective, RunSession, Trainer, read_config
+from ..training.sections import launched_world_size
 from ..training.files import write_json_atomic
 from ..training.recurrent import build_recurrent
 from .config import VISION_PRESETS, VisionJobConfig
@@ -118,31 +118,31 @@ class VisionObjective(Objective):
 
 def run(cfg: VisionJobConfig) -> Dict[str, Any]:
     train_set, test_set = load_data(cfg)  # every check on the files happens here, before anything else
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch`; the session does not exist yet
+    world = launched_world_size()  # the session does not exist yet
     if cfg.data.epochs > 0:
         per_step = cfg.data.batch_size * world  # batch_size is per process
         cfg.train.steps = max(1, math.ceil(cfg.data.epochs * len(train_set) / per_step))
     perm = permutation_for(cfg)
-    session = RunSession(cfg, job=f"vision-{cfg.data.task}")
-    if perm is not None and session.is_main:
-        save_permutation(session.run_dir, perm, cfg.data.permutation_seed,
-                         resuming=bool(cfg.run.resume or cfg.run.resume_from))
-    train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
-    spec, _ = vision_task(cfg.data.task)
-    model = build_model(cfg, spec.seq_len, spec.channels)
-    task = VisionObjective(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
-    images_per_step = cfg.data.batch_size * session.accelerator.num_processes
-    extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
-             "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
-             "test_images": len(test_set),
-             "epochs": lambda summary: summary["step"] * images_per_step / len(train_set),
-             "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
-             "device": str(session.accelerator.device)}
-    try:
-        summary = Trainer(session, model, task).fit()
-    finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
-        if session.is_main:
-            summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
+    with RunSession(cfg, job=f"vision-{cfg.data.task}") as session:
+        if perm is not None and session.is_main:
+            save_permutation(session.run_dir, perm, cfg.data.permutation_seed,
+                             resuming=bool(cfg.run.resume or cfg.run.resume_from))
+        train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
+        spec, _ = vision_task(cfg.data.task)
+        model = build_model(cfg, spec.seq_len, spec.channels)
+        task = VisionObjective(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
+        images_per_step = cfg.data.batch_size * session.accelerator.num_processes
+        extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
+                 "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
+                 "test_images": len(test_set),
+                 "epochs": lambda summary: summary["step"] * images_per_step / len(train_set),
+                 "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
+                 "device": str(session.accelerator.device)}
+        try:
+            summary = Trainer(session, model, task).fit()
+        finally:  # a stopped or failed run's summary says what it was too (scripts/compare.py reads it)
+            if session.is_main and not session.ownership_lost:
+                summary = complete_summary(session.run_dir, EVAL_SPLIT, extra)
     return summary
 
 

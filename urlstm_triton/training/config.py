@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import sys
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -92,6 +93,11 @@ def _parser(cls, prog: str, presets: Dict[str, dict]):
                 return self._get_value(action, "--")
             return super()._get_values(action, arg_strings)
 
+        def error(self, message):
+            # argparse reports some mistakes (an ambiguous prefix such as --train) through error() even with
+            # exit_on_error=False, which prints the whole usage and exits: one line instead, like every other error
+            raise ConfigError(message)
+
     parser = Parser(
         prog=prog, exit_on_error=False, add_help=True,
         # both --section.field and, where unique, the bare --field
@@ -117,10 +123,14 @@ def _flatten(values, source: str, prefix: str = "") -> List[Tuple[str, Any]]:
     return out
 
 
-def _as_arguments(values: dict, source: str) -> List[str]:
-    """A preset or YAML mapping as the command-line arguments that would set the same values."""
+def _as_arguments(values: dict, source: str, sections=()) -> List[str]:
+    """A preset or YAML mapping as the command-line arguments that would set the same values. A section name
+    (``sections``) given a single value instead of a mapping of its fields is an error naming it."""
     args = []
     for key, value in _flatten(values, source):
+        if key in sections:
+            raise ConfigError(f"{source}: {key}: expected a mapping of the {key} section's fields "
+                              f"({key}: {{field: value}}), got {value!r}")
         if isinstance(value, (list, tuple)):
             args += [f"--{key}"] + [str(v) for v in value]
         elif value is None:
@@ -195,12 +205,13 @@ def read_config(cls, argv: Optional[Sequence[str]] = None, presets: Optional[Dic
     preset = getattr(getattr(first, _DEST), "run", None)
     preset = getattr(preset, "preset", "") or default_preset  # --preset is the run section's preset field
     layers = []
+    sections = {f.name for f in fields(cls) if is_dataclass(getattr(cls(), f.name))}
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(presets)}")
-        layers.append((f"preset {preset!r}: ", _as_arguments(presets[preset], f"preset {preset!r}")))
+        layers.append((f"preset {preset!r}: ", _as_arguments(presets[preset], f"preset {preset!r}", sections)))
     if first.config:
-        layers.append((f"{first.config}: ", _as_arguments(_read_yaml(first.config), first.config)))
+        layers.append((f"{first.config}: ", _as_arguments(_read_yaml(first.config), first.config, sections)))
     for source, args in layers:  # each layer alone first, so an error names where the bad value came from
         _parse(parser, cls, args, source, renamed)
     cfg = getattr(_parse(parser, cls, [a for _, args in layers for a in args] + argv, "", renamed), _DEST)
@@ -230,16 +241,32 @@ def _read_yaml(path: str) -> dict:
     import yaml
 
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             return yaml.safe_load(fh) or {}
     except OSError as e:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config: {path} is not UTF-8 text (byte {e.start}): not a YAML file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--config: {path} is not valid YAML{where}: {what}") from None
+
+
+def check_finite(cfg) -> None:
+    """Every float field holds a finite number: ``inf`` and ``nan`` parse as floats, but no setting means them
+    (``--train.lr inf``, ``--train.grad_clip nan`` would only poison the run later)."""
+    for key, owner, f in iter_fields(cfg):
+        value = getattr(owner, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
 
 
 def validate_config(cfg) -> None:
-    """Run every section's ``validate(cfg)`` (cross-field checks); they raise ConfigError naming the field."""
+    """Check that float fields are finite, then run every section's ``validate(cfg)`` (cross-field checks); they
+    raise ConfigError naming the field."""
+    check_finite(cfg)
     for f in fields(cfg):
         section = getattr(cfg, f.name)
         check = getattr(section, "validate", None)

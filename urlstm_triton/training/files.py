@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +48,42 @@ def save_torch(obj: Any, path) -> None:
         os.fsync(fh.fileno())
 
 
+def remove_path(path) -> None:
+    """Remove a file, a link or a directory tree at ``path``; nothing if it is not there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def write_json_atomic(obj: Any, path) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename (readers never see half a file)."""
+    """Write JSON to ``path`` via a temporary file and a rename (readers never see half a file). Non-finite
+    floats are written as ``null`` (``NaN`` is not JSON; see records.py for how metrics rows flag them). A failed
+    write (disk full) removes the temporary file and raises the ``OSError``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(finite_json(obj), fh, indent=2, default=str, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

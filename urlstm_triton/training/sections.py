@@ -4,11 +4,21 @@ to its own ``model`` and ``data`` sections; see ``urlstm_triton.lm.config`` for 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 from .config import opt
 from .errors import ConfigError
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``, set by ``accelerate launch``/``torchrun``; 1 for a
+    plain ``python`` run). For checks that must stop a run before its Accelerator (and data) exist."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 @dataclass

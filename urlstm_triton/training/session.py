@@ -1,16 +1,21 @@
 """A run's surroundings: run directory, Accelerator, logging, the printed config, seeding and the error exits.
 
-``RunSession(cfg, job)`` is made first by every training script. It creates the ``accelerate.Accelerator``
-(device, mixed precision, TensorBoard tracker), decides the run directory (``runs/<job>-<preset>`` unless
-``--run.dir``), refuses to start over an existing run without ``--resume`` or ``--run.overwrite``, prints the
-config and its hash and writes them to ``config.json``, and seeds everything with ``train.seed``.
+``RunSession(cfg, job)`` is made first by every training script (``with RunSession(cfg, job) as session:``). It
+creates the ``accelerate.Accelerator`` (device, mixed precision, TensorBoard tracker), decides the run directory
+(``runs/<job>-<preset>`` unless ``--run.dir``), takes it for this job alone (``runlock.RunLock``: a second job in
+a live directory stops at once, naming the owner; released when the session closes), refuses to start over an
+existing run without ``--resume`` or ``--run.overwrite``, prints the config and its hash and writes them to
+``config.json``, reads the fault-injection variable, and seeds everything with ``train.seed``. Under a launcher
+(``accelerate launch``, ``torchrun``) it also watches the launcher: if it dies, the run stops as on SIGTERM
+(signals.py).
 
 Logs: progress bars (the trainer's, the tokeniser's) only when stderr is a terminal and ``run.progress`` is on;
 a log file or a pipe gets the periodic log lines (and ``<run>/train.log`` always does), never carriage-return
 frames.
 
 ``run_main(fn)`` runs a script's ``main`` and turns the project's expected failures into one clear line on
-stderr and an exit status: 2 for bad config/data, 3 for a non-finite stop, 128+N after signal N.
+stderr and an exit status: 2 for bad config/data, a busy run directory or a failed write (disk full), 3 for a
+non-finite stop, 128+N after signal N.
 """
 from __future__ import annotations
 
@@ -23,8 +28,11 @@ from pathlib import Path
 import torch
 
 from .config import config_hash, config_to_dict, format_config, hashed_fields
-from .errors import ConfigError, DataError, NonFiniteError, TrainingInterrupted
+from .errors import ConfigError, DataError, NonFiniteError, StorageError, TrainingInterrupted
+from .faults import Faults
 from .files import write_json_atomic
+from .runlock import RunLock
+from .signals import launcher_pid
 
 log = logging.getLogger("urlstm_triton.training")
 __all__ = ["RunSession", "run_main", "progress_bars", "DataError"]
@@ -59,6 +67,19 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _RunLogFile(logging.FileHandler):
+    """``<run>/train.log``. A write that fails (disk full) is reported once, in one line, instead of logging's
+    traceback for every record; the records still reach stderr."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            print(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); log lines go to stderr only",
+                  file=sys.stderr)
+
+
 def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
     root = logging.getLogger("urlstm_triton")
     root.setLevel(logging.INFO)
@@ -72,7 +93,7 @@ def _setup_logging(run_dir: Path, is_main: bool, rank: int) -> None:
     stream.setLevel(logging.INFO if is_main else logging.WARNING)
     root.addHandler(stream)
     if is_main:
-        fileh = logging.FileHandler(run_dir / "train.log")
+        fileh = _RunLogFile(run_dir / "train.log")
         fileh.setFormatter(fmt)
         root.addHandler(fileh)
     root.propagate = True  # harmless unless the application configured the root logger; lets pytest capture
@@ -101,6 +122,36 @@ class RunSession:
             kwargs["log_with"] = "tensorboard"
         self.accelerator = Accelerator(**kwargs)
         acc = self.accelerator
+        self.faults = Faults(process_index=acc.process_index)  # a bad URLSTM_FAULTS stops here, before any work
+        self.launcher_pid = launcher_pid()  # read now: the launcher may die before training starts
+        self.lock = RunLock(self.run_dir) if acc.is_main_process else None  # one owner: the main process
+        self.run_on_main(lambda: self.lock.acquire())
+        try:
+            self._start(job, set_seed)
+        except BaseException:
+            self.close()
+            raise
+
+    def run_on_main(self, action) -> None:
+        """Run ``action`` on the main process only and raise its error on every process: the others must not go on
+        into a collective the main process will never join. Collective."""
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - shared with the other processes, then raised everywhere
+                error = e
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [error]
+            broadcast_object_list(box)
+            error = box[0]
+        if error is not None:
+            raise error
+
+    def _start(self, job: str, set_seed) -> None:
+        cfg, run, acc = self.cfg, self.cfg.run, self.accelerator
         ckpt_dir = self.run_dir / "checkpoints"
         has_ckpt = ckpt_dir.is_dir() and any(p.name.startswith("step-") for p in ckpt_dir.iterdir())
         if has_ckpt and not (run.resume or run.resume_from):
@@ -108,25 +159,53 @@ class RunSession:
                 raise ConfigError(
                     f"run directory {self.run_dir} already holds checkpoints: pass --resume to continue that run, "
                     "--run.overwrite true to start again from scratch, or --run.dir to use another directory")
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                shutil.rmtree(ckpt_dir)
-                # the old run's TensorBoard events would otherwise be drawn as part of the new run's curves
-                shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
-                for name in ("metrics.jsonl", "summary.json"):
-                    (self.run_dir / name).unlink(missing_ok=True)
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.clear_outputs()
         acc.wait_for_everyone()
         _setup_logging(self.run_dir, acc.is_main_process, acc.process_index)
         if not progress_bars(run.progress):
             _quiet_library_bars()
         log.info("%s run in %s on %s (%d process%s), config hash %s:\n%s", job, self.run_dir, acc.device,
                  acc.num_processes, "" if acc.num_processes == 1 else "es", self.hash, format_config(cfg))
-        if acc.is_main_process:
-            write_json_atomic({"job": job, "config_hash": self.hash, "config": config_to_dict(cfg)},
-                              self.run_dir / "config.json")
+        self.run_on_main(lambda: self._write_config(job))
         set_seed(cfg.train.seed)
+
+    def _write_config(self, job: str) -> None:
+        path = self.run_dir / "config.json"
+        try:
+            write_json_atomic({"job": job, "config_hash": self.hash, "config": config_to_dict(self.cfg)}, path)
+        except OSError as e:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
+
+    def clear_outputs(self) -> None:
+        """Delete what an earlier run left (checkpoints, TensorBoard events, metrics, summary): ``--run.overwrite``.
+        Collective. Only ever called while this session owns the run directory."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+            # the old run's TensorBoard events would otherwise be drawn as part of the new run's curves
+            shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
+            for name in ("metrics.jsonl", "summary.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        acc.wait_for_everyone()
+
+    @property
+    def ownership_lost(self) -> str:
+        """Why this job no longer owns its run directory ('' while it does; always '' off the main process)."""
+        return (self.lock.lost or "") if self.lock else ""
+
+    def close(self) -> None:
+        """Release the run directory (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     @property
     def is_main(self) -> bool:
@@ -147,7 +226,7 @@ def run_main(main, argv=None) -> None:
     """Call ``main(argv)``; report expected failures in one line and exit with a status that says which."""
     try:
         main(argv)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except NonFiniteError as e:

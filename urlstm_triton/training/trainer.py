@@ -5,14 +5,17 @@ returns the summary it also writes to ``<run>/summary.json``. One step: get the 
 and backward each under autocast (gradient sync only on the last), clip, check loss and gradient norm for
 non-finite values (all processes decide together), then step the optimiser and the schedule or skip. After each
 step: metrics line, TensorBoard/tqdm every ``run.log_every``, validation every ``train.eval_every``, a checkpoint
-every ``train.save_every`` and at the end, and a graceful stop if SIGINT/SIGTERM arrived.
+every ``train.save_every`` and at the end, and a graceful stop if SIGINT/SIGTERM arrived or the launcher died. A
+failure or a stop is recorded in ``summary.json`` (``status`` and ``reason``) whenever the summary can be written.
 
 Exact resume: a checkpoint (``accelerator.save_state``, see checkpoint.py) holds the model, optimiser, schedule,
 loss scaler, every process's RNG states (python, numpy, torch, CUDA), the objects registered for checkpointing
 (the guard's counters and the trainer's ``Progress``) and, per process, the objective's state (data position,
 carried state); it is written after step s is complete, and resuming continues with step s+1 in exactly the
 state the uninterrupted run had. Evaluation runs under a forked RNG so it never changes the training stream.
-Sharded setups (FSDP, DeepSpeed) checkpoint through the same ``save_state``.
+Sharded setups (FSDP, DeepSpeed) checkpoint through the same ``save_state``. ``--resume`` takes the newest
+checkpoint that verifies; when checkpoints exist but none does, it stops with what is wrong with each (starting
+from scratch instead only with ``--run.overwrite``).
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ import torch
 
 from .checkpoint import CheckpointManager
 from .config import config_to_dict
-from .errors import ConfigError, CorruptCheckpoint, NonFiniteError, TrainingInterrupted
-from .faults import Faults
+from .errors import (ConfigError, CorruptCheckpoint, NonFiniteError, RunDirectoryInUse, StorageError,
+                     TrainingInterrupted)
 from .guard import NonFiniteGuard
 from .objective import Objective
 from .records import MetricsLog, write_summary
@@ -91,7 +94,8 @@ class Trainer:
         self.acc.register_for_checkpointing(self.guard, self.progress)
         self.ckpt = CheckpointManager(session.run_dir / "checkpoints", self.acc, tcfg.keep_checkpoints,
                                       session.hash, session.hashed)
-        self.faults = Faults(process_index=self.acc.process_index)
+        session.run_on_main(self.ckpt.check_layout)
+        self.faults = session.faults
         self.last_checkpoint: Optional[str] = None
         # every process gets its own dropout stream; the model above was initialised identically everywhere
         set_seed(tcfg.seed, device_specific=True)
@@ -111,7 +115,11 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         per_rank = {"objective": self.objective.state_dict()}
-        path = self.ckpt.save(self.step, per_rank, self.faults.save_hook(self.step))
+        try:
+            path = self.ckpt.save(self.step, per_rank, self.faults.save_hook(self.step))
+        except StorageError as e:
+            kept = self.last_checkpoint or "none was written yet"
+            raise StorageError(f"{e}; the last good checkpoint is kept: {kept}") from e.__cause__
         self.last_checkpoint = str(path)
         log.info("checkpoint saved: %s", path)
         return path
@@ -126,17 +134,37 @@ class Trainer:
                 raise ConfigError(f"--run.resume_from: {e}") from None
             found = (path, manifest)
         elif run.resume:
-            found = self.ckpt.latest_valid()
+            found, problems = self.ckpt.scan()
             if found is None:
-                log.info("--resume: no complete checkpoint in %s; starting from scratch", self.ckpt.dir)
+                self._start_without_checkpoint(problems)
                 return
         else:
             return
         path, manifest = found
+        if manifest["step"] > self.cfg.train.steps:
+            raise ConfigError(f"--train.steps {self.cfg.train.steps} is below the step of checkpoint {path} "
+                              f"({manifest['step']}): give --train.steps {manifest['step']} or more to continue it")
         per_rank = self.ckpt.load(path, manifest)  # model, optimiser, schedule, scaler, RNG, guard, progress
         self.objective.load_state_dict(per_rank["objective"])
         self.last_checkpoint = str(path)
         log.info("resumed from %s: continuing at step %d", path, self.step + 1)
+
+    def _start_without_checkpoint(self, problems) -> None:
+        """``--resume`` found no usable checkpoint: a fresh start if there were none, else a stop listing what is
+        wrong with each (a fresh start over them only with ``--run.overwrite``, which deletes them)."""
+        where = self.ckpt.dir
+        if not problems:
+            log.info("--resume: no checkpoint in %s; starting from scratch", where)
+            return
+        listing = "; ".join(problems)
+        if not self.cfg.run.overwrite:
+            raise ConfigError(
+                f"--resume: none of the {len(problems)} checkpoint(s) in {where} is usable: {listing}. Restore "
+                "them, resume from another with --run.resume_from, or start again from scratch with "
+                "--run.overwrite true (deletes them)")
+        log.warning("--resume: none of the %d checkpoint(s) in %s is usable (%s); --run.overwrite: deleting them "
+                    "and starting again from scratch", len(problems), where, listing)
+        self.session.clear_outputs()
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, max_batches: int = 0) -> Dict[str, float]:
@@ -168,8 +196,10 @@ class Trainer:
             units += int(n)
         max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-        # one collective per step: mean loss, units, and whether any process was asked to stop
-        packed = torch.tensor([float(loss_sum) / len(micro), float(units), float(self._stop.signum)],
+        # one collective per step: mean loss, units, whether any process was asked to stop, whether the main
+        # process lost the run directory to another job, and whether its metrics log failed to write (disk full)
+        packed = torch.tensor([float(loss_sum) / len(micro), float(units), float(self._stop.signum),
+                               float(bool(self.session.ownership_lost)), float(self._metrics.error is not None)],
                               dtype=torch.float64, device=acc.device)
         if acc.num_processes > 1:
             packed = acc.reduce(packed, reduction="sum")
@@ -190,7 +220,8 @@ class Trainer:
             log.warning("step %d: non-finite loss/gradient norm (loss %s, grad norm %s): step skipped (%d/%d)",
                         step, loss_val, gnorm, self.guard.skipped, tcfg.max_nonfinite_skips)
         return {"step": step, "loss": loss_val, "grad_norm": gnorm, "lr": self.scheduler.get_last_lr()[0],
-                "units": int(packed[1]), "skipped": not ok, "stop": int(packed[2])}
+                "units": int(packed[1]), "skipped": not ok, "stop": int(packed[2]), "lost": bool(packed[3]),
+                "write_failed": bool(packed[4])}
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self) -> Dict[str, Any]:
@@ -200,7 +231,8 @@ class Trainer:
         tcfg = cfg.train
         session = self.session
         main = acc.is_main_process
-        metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step, enabled=main)
+        self._metrics = metrics = MetricsLog(session.run_dir / "metrics.jsonl", keep_until_step=self.step,
+                                             enabled=main)
         if cfg.run.tensorboard:
             acc.init_trackers("tb", config=session.tracker_config())
         # a bar only on a terminal: a log file or a pipe would get every carriage-return frame of it, and has the
@@ -208,16 +240,26 @@ class Trainer:
         bar = tqdm(total=tcfg.steps, initial=self.step, disable=not (main and progress_bars(cfg.run.progress)),
                    dynamic_ncols=True, desc=session.job)
         status = "failed"  # until proven otherwise: an unexpected exception leaves this in the summary
+        failure: Optional[BaseException] = None
+        lost = False
         evals: Dict[str, Dict[str, float]] = {}
         t0 = time.perf_counter()
         seg_units = 0
         self.model.train()
         try:
-            with GracefulStop() as stop:
+            with GracefulStop(parent=session.launcher_pid) as stop:
                 self._stop = stop
                 while self.step < tcfg.steps:
                     step = self.step + 1
                     row = self._train_step(step)
+                    if row["write_failed"]:
+                        session.run_on_main(metrics.check)  # the main process's error, raised on every process
+                    if row["lost"]:  # another job owns the directory now: write nothing more into it
+                        lost = True
+                        raise RunDirectoryInUse(
+                            f"run directory {session.run_dir} was taken over by another job "
+                            f"({session.ownership_lost or 'seen by the main process'}): this job stops at step "
+                            f"{step} without writing more")
                     self.progress.step = step
                     seg_units += row["units"]
                     self.progress.units_seen += row["units"]
@@ -239,17 +281,19 @@ class Trainer:
                         status = "interrupted"
                         if not saved:
                             self.save_checkpoint()
-                        raise TrainingInterrupted(stop.signum or 15, self.last_checkpoint)
+                        raise TrainingInterrupted(stop.signum or 15, self.last_checkpoint, stop.cause)
                 self.progress.train_seconds += time.perf_counter() - t0
                 bar.close()
                 for split in self.objective.eval_splits:
                     evals[split] = self.evaluate(split)
                     self._log_eval(split, evals[split], self.step, metrics)
+                session.run_on_main(metrics.check)
                 status = "completed"
-        except NonFiniteError:
-            status = "stopped: non-finite"
+        except NonFiniteError as e:
+            status, failure = "stopped: non-finite", e
             raise
         except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+            failure = e
             if status == "failed":
                 status = f"failed: {type(e).__name__}"
             raise
@@ -259,17 +303,28 @@ class Trainer:
             wall = time.perf_counter() - t0
             summary = {
                 "job": session.job, "status": status, "step": self.step, "steps": tcfg.steps,
+                "reason": str(failure) if failure is not None else None,  # why it did not complete
                 "config_hash": session.hash, "run_dir": str(session.run_dir),
                 "last_checkpoint": self.last_checkpoint, "skipped_steps": self.guard.skipped,
                 "units": self.objective.unit, "units_seen": self.progress.units_seen,
                 f"train_{self.objective.unit}_per_s": seg_units / max(wall, 1e-9), "wall_s": wall,
                 "eval": evals, "config": config_to_dict(cfg),
             }
-            if main:
-                write_summary(session.run_dir / "summary.json", summary)
-            if cfg.run.tensorboard:
+            if main and not lost:
+                self._write_summary(summary, failure)
+            if cfg.run.tensorboard and not lost:
                 acc.end_training()
         return summary
+
+    def _write_summary(self, summary: Dict[str, Any], failure: Optional[BaseException]) -> None:
+        """Write ``summary.json``; if that fails while another error is on its way out (a full disk stopped the
+        run), say so in one line and let that error be the one reported."""
+        try:
+            write_summary(self.session.run_dir / "summary.json", summary)
+        except StorageError as e:
+            if failure is None:
+                raise
+            log.error("%s (the summary of this failed run is lost)", e)
 
     def _log_train(self, row, rate: float, bar) -> None:
         tokens = self.objective.unit == "tokens" and math.isfinite(row["loss"])
