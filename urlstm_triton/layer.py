@@ -34,11 +34,14 @@ class URLSTM(nn.Module):
             ``"triton"``.
         forget_bias: forget-gate bias for the standard init (``-``; default 1.0) or, if given, for ``lstm``.
         chrono_tmax: ``T_max`` of chrono initialisation (required for ``C`` variants).
+        master_chunk: ON-LSTM's chunk factor C for the master-gate variants (``-M``, ``CM``, ``UM``, ``OM``):
+            each master gate has ``hidden_size / C`` units (default 1).
         backend_options: keyword options passed on to the backend on every call.
 
     Parameters per layer ``k`` (suffix ``_reverse`` for the backward direction): ``weight_ih_l{k}``
     ``(G*H, I_k)``, ``weight_hh_l{k}`` ``(G*H, H)`` and one ``bias_l{k}`` ``(G*H,)``, gate blocks in the order
-    ``f, r, u, o`` (``i, f, g, o`` for ``lstm``; ``f, u, o`` without an auxiliary gate).
+    ``f, r, u, o`` (``i, f, g, o`` for ``lstm``; ``f, u, o`` without an auxiliary gate; ``f, mf, mi, u, o``
+    with the master gates, ``3H + 2H/C`` rows). Formulas: docs/variants.md.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class URLSTM(nn.Module):
         backend: str = "auto",
         forget_bias: Optional[float] = None,
         chrono_tmax: Optional[float] = None,
+        master_chunk: int = 1,
         device=None,
         dtype=None,
         **backend_options,
@@ -66,7 +70,7 @@ class URLSTM(nn.Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        self.spec = parse_gate(gate)
+        self.spec = parse_gate(gate).with_master_chunk(master_chunk)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
@@ -83,7 +87,7 @@ class URLSTM(nn.Module):
                 stacklevel=2,
             )
         factory = {"device": device, "dtype": dtype}
-        gh = self.spec.num_gates * hidden_size
+        gh = self.spec.gate_rows(hidden_size)
         self._weight_names: List[Tuple[str, str, Optional[str]]] = []
         for layer in range(num_layers):
             for suffix in ([""] + (["_reverse"] if bidirectional else [])):
@@ -170,6 +174,8 @@ class URLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, gate={self.spec.code!r}"
+        if self.spec.master_chunk != 1:
+            s += f", master_chunk={self.spec.master_chunk}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
@@ -206,15 +212,16 @@ class URLSTMCell(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, gate="UR",
-                 forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None, device=None, dtype=None):
+                 forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None, master_chunk: int = 1,
+                 device=None, dtype=None):
         super().__init__()
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.spec = parse_gate(gate)
+        self.spec = parse_gate(gate).with_master_chunk(master_chunk)
         _check_gate_options(self.spec, chrono_tmax)
         self.forget_bias, self.chrono_tmax = forget_bias, chrono_tmax
         factory = {"device": device, "dtype": dtype}
-        gh = self.spec.num_gates * hidden_size
+        gh = self.spec.gate_rows(hidden_size)
         self.weight_ih = nn.Parameter(torch.empty(gh, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size, **factory))
         self.bias = nn.Parameter(torch.empty(gh, **factory)) if bias else None

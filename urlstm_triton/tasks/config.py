@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..functional import BACKENDS
-from ..gates import ALL_VARIANTS
+from ..gates import ALL_VARIANTS, parse_gate
 from ..training.config import ConfigError, opt
 from ..training.layer_options import CHUNK_HELP, KERNEL_HELP, KERNELS, layer_backend_options
 from ..training.sections import RunConfig, TrainConfig
@@ -34,6 +34,8 @@ class ModelConfig:
     forget_bias: Optional[float] = opt(None, "forget-gate bias of the standard init ('-' variants) and of lstm "
                                              "(default: 1 for '-', PyTorch's init for lstm)")
     chrono_tmax: Optional[float] = opt(None, "T_max of chrono init (C variants); default: the sequence length")
+    master_chunk: int = opt(1, "ON-LSTM's chunk factor of the master-gate variants (-M, CM, UM, OM): each master "
+                               "gate has hidden / master_chunk units")
 
     def validate(self, cfg) -> None:
         try:
@@ -44,6 +46,10 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         layer_backend_options(self.backend, self.chunk_size, self.kernel)
+        try:
+            parse_gate(self.variant).with_master_chunk(self.master_chunk).gate_rows(self.hidden)
+        except ValueError as e:
+            raise ConfigError(f"--model.master_chunk: {e}") from None
         if self.chrono_tmax is not None and not self.chrono_tmax > 2:
             raise ConfigError(f"model.chrono_tmax must be greater than 2, got {self.chrono_tmax}")
 

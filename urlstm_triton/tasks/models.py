@@ -28,17 +28,20 @@ def check_variant(name: str) -> str:
 
 
 def make_recurrent(variant: str, input_size: int, hidden_size: int, *, num_layers: int = 1, backend: str = "auto",
-                   forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None,
+                   forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None, master_chunk: int = 1,
                    **backend_options) -> nn.Module:
     """A batch-first recurrent layer of the given variant.
 
     ``"lstm"`` gives ``torch.nn.LSTM``; ``forget_bias``, when given, sets its forget-gate bias (the ``f`` block
     of ``bias_ih``; ``bias_hh``'s ``f`` block is zeroed so the sum is exactly ``forget_bias``). Chrono
-    variants need ``chrono_tmax``, which callers set to the task's dependency length. ``backend_options``
+    variants need ``chrono_tmax``, which callers set to the task's dependency length; master-gate variants take
+    ON-LSTM's ``master_chunk``. ``backend_options``
     (``chunk_size``, ``kernel``) go to the URLSTM's Triton backend; ``torch.nn.LSTM`` has none.
     """
     code = check_variant(variant)
     if code == "lstm":
+        if master_chunk != 1:
+            raise ValueError(f"master_chunk={master_chunk} applies only to the master-gate variants, not to lstm")
         rnn = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
         if forget_bias is not None:
             with torch.no_grad():
@@ -47,7 +50,7 @@ def make_recurrent(variant: str, input_size: int, hidden_size: int, *, num_layer
                     getattr(rnn, f"bias_hh_l{layer}")[hidden_size:2 * hidden_size].zero_()
         return rnn
     return URLSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True, gate=code, backend=backend,
-                  forget_bias=forget_bias, chrono_tmax=chrono_tmax, **backend_options)
+                  forget_bias=forget_bias, chrono_tmax=chrono_tmax, master_chunk=master_chunk, **backend_options)
 
 
 class CopyModel(nn.Module):

@@ -28,7 +28,7 @@ def build_model(cfg: SyntheticJobConfig, task: SyntheticTask) -> torch.nn.Module
     m = cfg.model
     rnn = make_recurrent(m.variant, task.input_size, m.hidden, num_layers=m.layers, backend=m.backend,
                          forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(task.seq_len),
-                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
+                         master_chunk=m.master_chunk, **layer_backend_options(m.backend, m.chunk_size, m.kernel))
     if isinstance(task, CopyTask):
         return CopyModel(rnn, m.hidden, COPY_VOCAB, task.output_slice)
     return AddingModel(rnn, m.hidden)

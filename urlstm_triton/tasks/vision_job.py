@@ -57,7 +57,7 @@ def build_model(cfg: VisionJobConfig, seq_len: int, channels: int) -> torch.nn.M
     m, d = cfg.model, cfg.data
     rnn = make_recurrent(m.variant, channels, m.hidden, num_layers=m.layers, backend=m.backend,
                          forget_bias=m.forget_bias, chrono_tmax=m.chrono_tmax or float(seq_len),
-                         **layer_backend_options(m.backend, m.chunk_size, m.kernel))
+                         master_chunk=m.master_chunk, **layer_backend_options(m.backend, m.chunk_size, m.kernel))
     return SequenceClassifier(rnn, m.hidden, seq_len, readout=d.readout, mlp_hidden=d.mlp_hidden)
 
 
