@@ -6,7 +6,8 @@
     python scripts/sweep.py results/synthetic/copy.json --root runs/synthetic --seeds 0 --variants UR lstm
 
 A sweep file (JSON: job, preset, variants, seeds, sizes, args; see urlstm_triton/tasks/sweep.py) fixes a
-grid; the runs of all files given share one pool of workers, first seed first. Every run is resumable and finished runs are skipped, so the same command continues a stopped sweep;
+grid; the runs of all files given share one pool of workers, first seed first (or, with --order files, file
+by file: a priority order). Every run is resumable and finished runs are skipped, so the same command continues a stopped sweep;
 `kill <pid>` (SIGTERM) or Ctrl-C stops the trainers cleanly. Afterwards scripts/compare.py's report of the
 root (mean ± std over seeds per cell, first step to solve, curves with the spread shaded) goes to --out
 (default <root>/report); --collect DIR also copies each run's summary.json and metrics.jsonl there, laid out
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", help="only these variants of the sweep")
     ap.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the sweep")
     ap.add_argument("--sizes", nargs="+", help="only these sizes of the sweep")
+    ap.add_argument("--order", choices=("seed", "files"), default="seed",
+                    help="seed: the first seed of every file's runs before any second seed (default); files: the "
+                         "files in the order given, each seed-major (a priority order)")
     ap.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; run nothing")
     ap.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
     ap.add_argument("--report-only", action="store_true", help="run nothing; only write the report (and --collect)")
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
         runs = []
         for path in args.sweeps:
             runs += expand(load_sweep(path), root / Path(path).stem)
-        runs.sort(key=lambda r: r.seed)  # seed-major over all sweeps (stable: each sweep's order within a seed)
+        if args.order == "seed":  # seed-major over all sweeps (stable: each sweep's order within a seed)
+            runs.sort(key=lambda r: r.seed)
         runs = select(runs, args.variants, args.seeds, args.sizes)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,10 +13,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..gates import ALL_VARIANTS, parse_gate
 from ..training.records import read_metrics
-from .run_summary import HIGHER_IS_BETTER, eval_history
+from .run_summary import HIGHER_IS_BETTER, best_metrics, eval_history
 
 # the metric each task is judged by, first in the table
-HEADLINE = {"copy": "accuracy", "adding": "mse", "smnist": "accuracy", "pmnist": "accuracy", "scifar": "accuracy"}
+HEADLINE = {"copy": "accuracy", "adding": "mse", "smnist": "accuracy", "pmnist": "accuracy", "scifar": "accuracy",
+            "lm": "word_ppl"}
 # "solved" thresholds of the synthetic tasks: the first evaluation that reaches it says how fast a variant learns
 TARGETS = {"copy": ("accuracy", 0.9), "adding": ("mse", 0.01)}
 # table and legend order: the outside baseline first, then the paper's grid
@@ -89,15 +90,30 @@ def find_summaries(paths: Iterable) -> List[Path]:
     return sorted(dict.fromkeys(found))
 
 
+def lm_summary(summary: Dict[str, Any], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """A ``train/lm.py`` summary in the validation tasks' terms: task ``lm``; the variant (``lstm`` for the
+    torch.nn.LSTM baseline, else the URLSTM's gate); final and best of the periodic ``valid`` evaluations; the
+    end-of-run ``test`` evaluation (of the final weights: the LM job does not select)."""
+    model = summary.get("config", {}).get("model", {})
+    variant = model.get("variant") or ("lstm" if model.get("rnn") == "lstm" else model.get("gate", "?"))
+    valid = eval_history(rows, "valid")
+    return {**summary, "task": "lm", "variant": variant, "eval_split": "valid",
+            "final": summary.get("eval", {}).get("valid", {}), "best": best_metrics(valid),
+            "test": summary.get("eval", {}).get("test", {}), "chance": {}}
+
+
 def load_run(path: Path) -> Dict[str, Any]:
     """One run: its summary plus its metrics history (``train_loss`` and ``evals`` by step)."""
     try:
         summary = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SummaryError(f"{path}: cannot be read as JSON ({err})") from err
+    if isinstance(summary, dict) and summary.get("job") == "lm" and "task" not in summary:
+        summary = lm_summary(summary, read_metrics(Path(path).parent / "metrics.jsonl"))
     for key in ("task", "variant", "final", "best", "step"):
         if key not in summary:
-            raise SummaryError(f"{path}: has no {key!r}: not a summary of train/synthetic.py or train/vision.py")
+            raise SummaryError(f"{path}: has no {key!r}: not a summary of train/synthetic.py, train/vision.py or "
+                               "train/lm.py")
     rows = read_metrics(Path(path).parent / "metrics.jsonl")
     summary["_path"] = str(path)
     summary["_train_loss"] = [(r["step"], r["loss"]) for r in rows if "eval" not in r and "loss" in r]
@@ -121,6 +137,8 @@ def _variant_label(code: str) -> str:
 def _headline_metrics(task: str) -> List[str]:
     if task == "adding":
         return ["mse", "mse_vs_chance"]
+    if task == "lm":
+        return ["word_ppl", "ppl", "loss"]
     return [HEADLINE.get(task, "loss")] + (["loss"] if HEADLINE.get(task) != "loss" else [])
 
 
@@ -153,9 +171,15 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
         metrics = _headline_metrics(task)
         out += [f"### {title}" + _title_note(task, group), ""]
         has_data = any("train_images" in r for r in group)
+        selected = all(_selected_test(r) for r in group)
+        split = group[0].get("eval_split", "test")
         reach = _reach_header(task)
-        head = ["variant", "setup", "steps"] + [f"final {m}" for m in metrics] + [f"best {m} (step)" for m in metrics] + \
-            reach + (["data (train/test)"] if has_data else []) + ["wall", "throughput", "run"]
+        head = ["variant", "setup", "steps"] + \
+            ([_test_label(group, metrics[0], split) + (" (step)" if group[0].get("selected") else "")]
+             if selected else []) + \
+            [f"final {split} {m}" if selected else f"final {m}" for m in metrics] + \
+            [f"best {split} {m} (step)" if selected else f"best {m} (step)" for m in metrics] + reach + \
+            ([f"data (train/{'valid/' if selected else ''}test)"] if has_data else []) + ["wall", "throughput", "run"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for r in group:
@@ -166,7 +190,10 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
                 best.append(f"{_fmt(b['value'], m)} ({b['step']})" if b else "–")
             unit = r.get("units", "samples")
             rate = r.get(f"train_{unit}_per_s")
-            data = [f"{r.get('train_images', '?')}/{r.get('test_images', '?')}"] if has_data else []
+            data = [_data_cell(r)] if has_data else []
+            if selected:
+                step = f" ({r['selected'].get('step', '?')})" if r.get("selected") else ""
+                final = [_fmt(r["test"].get(metrics[0]), metrics[0]) + step] + final
             if reach:
                 hit = _solved_at(r)
                 best.append(str(hit) if hit is not None else "not reached")
@@ -212,21 +239,46 @@ def _run_dirs(rs: List[Dict[str, Any]]) -> str:
     return ", ".join(f"`{d}`" for d in dirs)
 
 
+def _selected_test(r: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The end-of-run test metrics of a run evaluated periodically on validation (vision: of the weights
+    selected on it; lm: of the final weights), or None (a run whose periodic evaluations were on test)."""
+    return r["test"] if r.get("test") and r.get("eval_split") != "test" else None
+
+
+def _test_label(group: List[Dict[str, Any]], metric: str, split: str) -> str:
+    if all(r.get("selected") for r in group):
+        return f"test {metric} of the weights selected on {split}"
+    return f"test {metric} (final weights)"
+
+
+def _data_cell(r: Dict[str, Any]) -> str:
+    sizes = [r.get("train_images", "?")] + ([r["valid_images"]] if "valid_images" in r else []) + \
+        [r.get("test_images", "?")]
+    return "/".join(map(str, sizes))
+
+
 def summary_table(runs: List[Dict[str, Any]]) -> str:
     """One table per task and size, one row per cell (variant and setup) over its seeds: the final headline
-    metric as mean ± sample std and per seed, the best as a mean, the first step to solve per seed and its
-    mean over the seeds that solved, wall time and throughput means."""
+    metric as mean ± sample std and per seed (for runs selected on validation: the selected weights' test
+    metric), the best as a mean, the first step to solve per seed and its mean over the seeds that solved,
+    wall time and throughput means."""
     out: List[str] = []
     for task, title, group in groups(runs):
         metrics = _headline_metrics(task)
         head_m = metrics[0]
         out += [f"### {title}" + _title_note(task, group), ""]
         has_data = any("train_images" in r for r in group)
+        selected = all(_selected_test(r) for r in group)
+        split = group[0].get("eval_split", "test")
+        final = _test_label(group, head_m, split) if selected else f"final {head_m}"
+        picked = selected and all(r.get("selected") for r in group)
         reach = _reach_header(task)
-        head = (["variant", "setup", "seeds", "steps", f"final {head_m} (mean ± std)", f"final {head_m} per seed"] +
-                [f"final {m} (mean ± std)" for m in metrics[1:]] + [f"best {head_m} (mean)"] +
+        head = (["variant", "setup", "seeds", "steps", f"{final} (mean ± std)", f"{final} per seed"] +
+                ([f"selected at step (best {split} {head_m})"] if picked else []) +
+                [f"final {m} (mean ± std)" for m in metrics[1:]] + [f"best {split} {head_m} (mean)"] +
                 (reach + ["mean first step (seeds solved)"] if reach else []) +
-                (["data (train/test)"] if has_data else []) + ["wall (mean)", "throughput (mean)", "runs"])
+                ([f"data (train/{'valid/' if selected else ''}test)"] if has_data else []) +
+                ["wall (mean)", "throughput (mean)", "runs"])
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for variant, rs in cells(group):
@@ -235,9 +287,13 @@ def summary_table(runs: List[Dict[str, Any]]) -> str:
             steps = sorted({int(r["step"]) for r in rs})
             not_done = [r.get("status", "?") for r in rs if r.get("status", "completed") != "completed"]
             steps_cell = "/".join(map(str, steps)) + (f" ({', '.join(not_done)})" if not_done else "")
-            finals = [r["final"].get(head_m) for r in rs]
+            finals = [(_selected_test(r) if selected else r["final"]).get(head_m) for r in rs]
             row = [_variant_label(variant), setup(rs[0]), ", ".join(seeds), steps_cell,
                    _fmt_mean_std(finals, head_m), " / ".join(_fmt(v, head_m) for v in finals)]
+            if picked:
+                row.append(" / ".join(f"{(r.get('selected') or {}).get('step', '?')} "
+                                      f"({_fmt((r.get('selected') or {}).get('valid', {}).get(head_m), head_m)})"
+                                      for r in rs))
             row += [_fmt_mean_std([r["final"].get(m) for r in rs], m) for m in metrics[1:]]
             row.append(_fmt_mean_std([(r["best"].get(head_m) or {}).get("value") for r in rs], head_m))
             if reach:
@@ -247,7 +303,7 @@ def summary_table(runs: List[Dict[str, Any]]) -> str:
                 row.append(f"{sum(solved) / len(solved):.0f} ({len(solved)}/{len(hits)})" if solved
                            else f"– (0/{len(hits)})")
             if has_data:
-                row.append("/".join(sorted({f"{r.get('train_images', '?')}/{r.get('test_images', '?')}" for r in rs})))
+                row.append(", ".join(sorted({_data_cell(r) for r in rs})))
             unit = rs[0].get("units", "samples")
             walls = [r["wall_s"] for r in rs if isinstance(r.get("wall_s"), (int, float))]
             rates = [r[f"train_{unit}_per_s"] for r in rs if r.get(f"train_{unit}_per_s")]
@@ -293,7 +349,7 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task, title, group in groups(runs):
-        metrics = ["mse"] if task == "adding" else ["accuracy", "loss"]
+        metrics = {"adding": ["mse"], "lm": ["word_ppl", "loss"]}.get(task, ["accuracy", "loss"])
         fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5.0 * (1 + len(metrics)), 4.0), squeeze=False)
         axes = axes[0]
         group_cells = cells(group)
@@ -328,12 +384,13 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
             chance = group[0].get("chance", {}).get(m)
             if chance is not None:
                 ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-            if m == "mse":
-                ax.set_yscale("log")  # solved runs sit orders of magnitude below chance
+            if m in ("mse", "word_ppl"):
+                ax.set_yscale("log")  # solved runs sit orders of magnitude below chance; perplexity spans decades
         for ax in axes:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / (title.replace(", ", "-").replace(" ", "") + ".png")
         fig.savefig(path, dpi=100)
