@@ -91,11 +91,13 @@ def test_runs_of_different_sizes_get_their_own_table(tmp_path):
     _run(tmp_path / "r", "a", "copy", "UR", 0.95, extra=cfg(20, 0.01))
     _run(tmp_path / "r", "b", "copy", "UR", 0.50, extra=cfg(50, 0.01))
     _run(tmp_path / "r", "c", "copy", "lstm", 0.12, extra=cfg(20, 0.001))
+    _run(tmp_path / "r", "d", "copy", "UR", 0.30, extra=cfg(100, 0.01))
     res = compare([tmp_path / "r"], tmp_path / "o")
-    lag20, lag50 = res["table"].split("### copy, lag 20")[1].split("### copy, lag 50")
+    assert res["table"].index("lag 20") < res["table"].index("lag 50") < res["table"].index("lag 100")  # numeric
+    lag20, lag50 = res["table"].split("### copy, lag 20")[1].split("### copy, lag 100")[0].split("### copy, lag 50")
     assert "H 128, batch 32, lr 0.01 |" in lag20 and "lr 0.001" in lag20 and "/r/b`" in lag50
     assert lag50.count("| UR-LSTM") == 1 and "| LSTM" not in lag50
-    assert sorted(p.name for p in res["plots"]) == ["copy-lag20.png", "copy-lag50.png"]
+    assert sorted(p.name for p in res["plots"]) == ["copy-lag100.png", "copy-lag20.png", "copy-lag50.png"]
 
 
 def test_seeds_of_a_cell_are_one_row_with_mean_std_per_seed_and_first_solve(tmp_path):

@@ -53,8 +53,12 @@ def setup(r: Dict[str, Any], seed: bool = False) -> str:
 
 
 def groups(runs: List[Dict[str, Any]]):
-    """``(title, runs)`` per task and size, runs in variant order."""
-    keys = sorted({(r["task"], task_size(r)) for r in runs})
+    """``(title, runs)`` per task and size (sizes in numeric order: lag 20 before lag 100), runs in variant order."""
+    def size_key(key):
+        number = "".join(ch for ch in key[1] if ch.isdigit())
+        return key[0], int(number) if number else -1, key[1]
+
+    keys = sorted({(r["task"], task_size(r)) for r in runs}, key=size_key)
     for task, size in keys:
         yield task, (f"{task}, {size}" if size else task), sorted(
             (r for r in runs if r["task"] == task and task_size(r) == size), key=_order)
