@@ -17,7 +17,8 @@ SWEEPS = [p for p in SWEEPS if '"job"' in p.read_text()[:2000] and p.name != "su
 
 
 def test_there_are_sweep_files():
-    assert {p.stem for p in SWEEPS} >= {"copy", "adding", "master-copy", "master-adding", "smnist", "pmnist", "wt2"}
+    assert {p.stem for p in SWEEPS} >= {"copy", "adding", "master-copy", "master-adding", "smnist", "pmnist", "wt2",
+                                        "copy-lag480", "adding-T2000", "scifar", "wt103"}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(ROOT)))
