@@ -261,11 +261,11 @@ def _data_cell(r: Dict[str, Any]) -> str:
     return "/".join(map(str, sizes))
 
 
-def summary_table(runs: List[Dict[str, Any]]) -> str:
+def summary_table(runs: List[Dict[str, Any]], compact: bool = False) -> str:
     """One table per task and size, one row per cell (variant and setup) over its seeds: the final headline
     metric as mean ± sample std and per seed (for runs selected on validation: the selected weights' test
     metric), the best as a mean, the first step to solve per seed and its mean over the seeds that solved,
-    wall time and throughput means."""
+    wall time and throughput means. ``compact``: only the variant, seeds, steps, headline and solve columns."""
     out: List[str] = []
     for task, title, group in groups(runs):
         metrics = _headline_metrics(task)
@@ -283,8 +283,10 @@ def summary_table(runs: List[Dict[str, Any]]) -> str:
                 (reach + ["mean first step (seeds solved)"] if reach else []) +
                 ([f"data (train/{'valid/' if selected else ''}test)"] if has_data else []) +
                 ["wall (mean)", "throughput (mean)", "runs"])
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
+        keep = [i for i, h in enumerate(head) if not compact or h in ("variant", "seeds", "steps") or
+                h.startswith((final, "selected at", "first step", "mean first step"))]
+        out.append("| " + " | ".join(head[i] for i in keep) + " |")
+        out.append("|" + "---|" * len(keep))
         for variant, rs in cells(group):
             rs = sorted(rs, key=lambda r: r.get("config", {}).get("train", {}).get("seed", 0))
             seeds = [str(r.get("config", {}).get("train", {}).get("seed", "?")) for r in rs]
@@ -313,7 +315,7 @@ def summary_table(runs: List[Dict[str, Any]]) -> str:
             rates = [r[f"train_{unit}_per_s"] for r in rs if r.get(f"train_{unit}_per_s")]
             row += [f"{sum(walls) / len(walls):.0f} s" if walls else "–",
                     f"{sum(rates) / len(rates):.0f} {unit}/s" if rates else "–", _run_dirs(rs)]
-            out.append("| " + " | ".join(row) + " |")
+            out.append("| " + " | ".join(row[i] for i in keep) + " |")
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -403,13 +405,13 @@ def plot_curves(runs: List[Dict[str, Any]], out_dir: Path) -> List[Path]:
     return written
 
 
-def compare(paths: Iterable, out_dir) -> Dict[str, Any]:
-    """Read every summary under ``paths``; write ``comparison.md`` (a row per cell over its seeds),
-    ``runs.md`` (a row per run) and one PNG per task and size into ``out_dir``."""
+def compare(paths: Iterable, out_dir, compact: bool = False) -> Dict[str, Any]:
+    """Read every summary under ``paths``; write ``comparison.md`` (a row per cell over its seeds; ``compact``:
+    fewer columns), ``runs.md`` (a row per run) and one PNG per task and size into ``out_dir``."""
     runs = [load_run(p) for p in find_summaries(list(paths))]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs)
+    table = summary_table(runs, compact)
     (out_dir / "comparison.md").write_text(table)
     (out_dir / "runs.md").write_text(markdown_table(runs))
     pngs = plot_curves(runs, out_dir)
