@@ -7,11 +7,11 @@
 
 A sweep file (JSON: job, preset, variants, seeds, sizes, args; see urlstm_triton/tasks/sweep.py) fixes a
 grid; the runs of all files given share one pool of workers, first seed first (or, with --order files, file
-by file: a priority order). Every run is resumable and finished runs are skipped, so the same command continues a stopped sweep;
-`kill <pid>` (SIGTERM) or Ctrl-C stops the trainers cleanly. Afterwards scripts/compare.py's report of the
-root (mean ± std over seeds per cell, first step to solve, curves with the spread shaded) goes to --out
-(default <root>/report); --collect DIR also copies each run's summary.json and metrics.jsonl there, laid out
-as under the root, for committing.
+by file: a priority order). Every run is resumable and finished runs are skipped, so the same command continues
+a stopped sweep; `kill <pid>` (SIGTERM) or Ctrl-C stops the trainers cleanly. Afterwards scripts/compare.py's
+report of the root (mean ± std over seeds per cell, first step to solve, curves with the spread shaded) goes to
+--out (default <root>/report); --collect DIR also copies each run's summary.json and metrics.jsonl there, laid
+out as under the root, for committing.
 """
 import argparse
 import shutil

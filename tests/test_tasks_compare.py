@@ -124,8 +124,9 @@ def test_seeds_of_a_cell_are_one_row_with_mean_std_per_seed_and_first_solve(tmp_
     assert "seed 1" in (tmp_path / "o" / "runs.md").read_text()  # the per-run table keeps every seed apart
     assert res["plots"][0].stat().st_size > 10000
     compact = compare([tmp_path / "r"], tmp_path / "c", compact=True)["table"]
-    assert compact.splitlines()[2] == ("| variant | seeds | steps | final accuracy (mean ± std) | final accuracy per seed "
-                                       "| first step with accuracy ≥ 90.00% | mean first step (seeds solved) |")
+    assert compact.splitlines()[2] == ("| variant | seeds | steps | final accuracy (mean ± std) | "
+                                       "final accuracy per seed | first step with accuracy ≥ 90.00% | "
+                                       "mean first step (seeds solved) |")
     assert "| UR-LSTM (`UR`) | 0, 1, 2 | 100 | 79.33% ± 25.48% |" in compact
 
 

@@ -96,7 +96,7 @@ class GateSpec:
     def block_names(self) -> tuple:
         if self.classic:
             return ("i", "f", "g", "o")
-        return ("f", "r", "u", "o") if self.aux == "R" else (("f", "mf", "mi", "u", "o") if self.aux == "M" else ("f", "u", "o"))
+        return {"R": ("f", "r", "u", "o"), "M": ("f", "mf", "mi", "u", "o")}.get(self.aux, ("f", "u", "o"))
 
 
 def parse_gate(gate) -> GateSpec:

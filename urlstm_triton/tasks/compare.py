@@ -159,7 +159,8 @@ def _reach_header(task: str) -> List[str]:
     target = TARGETS.get(task)
     if not target:
         return []
-    return [f"first step with {target[0]} {'≥' if target[0] in HIGHER_IS_BETTER else '≤'} {_fmt(target[1], target[0])}"]
+    sign = "≥" if target[0] in HIGHER_IS_BETTER else "≤"
+    return [f"first step with {target[0]} {sign} {_fmt(target[1], target[0])}"]
 
 
 def _solved_at(r: Dict[str, Any]) -> Optional[int]:
