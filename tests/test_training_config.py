@@ -89,4 +89,4 @@ def test_help_lists_options(capsys):
         parse("--help")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--model.hidden" in out and "presets: quickstart, wt103" in out
+    assert "--model.hidden" in out and "presets: quickstart, wt2, wt103" in out
