@@ -14,6 +14,7 @@ report of the root (mean ± std over seeds per cell, first step to solve, curves
 out as under the root, for committing.
 """
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,20 +22,36 @@ from pathlib import Path
 from urlstm_triton.tasks.compare import SummaryError, compare
 from urlstm_triton.tasks.sweep import SweepError, default_workers, expand, load_sweep, run_state, run_sweep, select
 
-KEEP = ("summary.json", "metrics.jsonl")  # what --collect copies: small, and every reported number comes from them
+# --collect copies summary.json and metrics.jsonl: small, and every reported number comes from them
+
+
+def relative_summary(summary: dict, rel: Path) -> dict:
+    """The summary with the run's own paths (run directory, last checkpoint, config's run.dir) written as
+    ``runs/<path under the sweep root>``: the copy must not point into the machine that ran it."""
+    where = f"runs/{rel.as_posix()}"
+    out = dict(summary)
+    if "run_dir" in out:
+        out["run_dir"] = where
+    if out.get("last_checkpoint"):
+        out["last_checkpoint"] = f"{where}/checkpoints/{Path(out['last_checkpoint']).name}"
+    if isinstance(out.get("config", {}).get("run"), dict) and "dir" in out["config"]["run"]:
+        out["config"] = {**out["config"], "run": {**out["config"]["run"], "dir": where}}
+    return out
 
 
 def collect(runs, root: Path, dest: Path) -> int:
-    """Copy the small record files of every run that has a summary into ``dest``, keeping the layout."""
+    """Copy the small record files of every run that has a summary into ``dest``, keeping the layout (its
+    paths rewritten by :func:`relative_summary`; metrics.jsonl as it is)."""
     n = 0
     for r in runs:
         if not (r.dir / "summary.json").is_file():
             continue
-        target = Path(dest) / r.dir.relative_to(root)
+        rel = r.dir.relative_to(root)
+        target = Path(dest) / rel
         target.mkdir(parents=True, exist_ok=True)
-        for name in KEEP:
-            if (r.dir / name).is_file():
-                shutil.copy2(r.dir / name, target / name)
+        summary = json.loads((r.dir / "summary.json").read_text())
+        (target / "summary.json").write_text(json.dumps(relative_summary(summary, rel), indent=2) + "\n")
+        shutil.copy2(r.dir / "metrics.jsonl", target / "metrics.jsonl")
         n += 1
     return n
 

@@ -76,6 +76,10 @@ def test_tiny_sweep_runs_skips_finished_runs_resumes_and_reports(tmp_path):
     kept = sorted(p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*") if p.is_file())
     assert kept == [f"tiny/lag2/{v}/seed{s}/{f}" for v in ("U_", "lstm") for s in (0, 1)
                     for f in ("metrics.jsonl", "summary.json")]
+    kept_summary = json.loads((tmp_path / "kept" / "tiny" / "lag2" / "U_" / "seed0" / "summary.json").read_text())
+    assert kept_summary["run_dir"] == "runs/tiny/lag2/U_/seed0" == kept_summary["config"]["run"]["dir"]
+    assert kept_summary["last_checkpoint"] == "runs/tiny/lag2/U_/seed0/checkpoints/step-00000004"
+    assert str(tmp_path) not in (tmp_path / "kept" / "tiny" / "lag2" / "U_" / "seed0" / "summary.json").read_text()
     report = tmp_path / "runs" / "report"
     assert {p.name for p in report.iterdir()} == {"comparison.md", "runs.md", "copy-lag2.png"}
 
