@@ -80,8 +80,8 @@ def _load_config(run_dir: Path):
 
 
 def _build(job: str, cfg, seed: int):
-    """The run's model freshly initialised as the trainer does (seeded, then the task, then the model) and one
-    batch-first input batch of the task's evaluation data."""
+    """The run's model freshly initialised as the trainer does (seeded, then the task, then the model) and the
+    task's evaluation inputs, batch first (the analysis uses the first ``max_sequences``)."""
     from accelerate.utils import set_seed
 
     set_seed(seed)
@@ -90,8 +90,7 @@ def _build(job: str, cfg, seed: int):
 
         task = build_task(cfg)
         model = build_model(cfg, task)
-        x, _ = task.eval_batches()[0]
-        return model, x
+        return model, torch.cat([x for x, _ in task.eval_batches()])  # the fixed evaluation set
     from .vision import vision_task
     from .vision_job import build_model, load_data, permutation_for
     from .vision import PixelSequences
@@ -99,9 +98,7 @@ def _build(job: str, cfg, seed: int):
     _, valid, _ = load_data(cfg)
     spec, _ = vision_task(cfg.data.task)
     model = build_model(cfg, spec.seq_len, spec.channels)
-    data = PixelSequences(valid, permutation_for(cfg))
-    n = min(len(data), cfg.data.eval_batch_size)
-    return model, data.images[:n].float().div_(255.0)
+    return model, PixelSequences(valid, permutation_for(cfg)).images.float().div_(255.0)  # the validation set
 
 
 def _rnn_input(model: nn.Module, x: Tensor) -> Tensor:
