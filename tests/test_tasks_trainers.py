@@ -90,7 +90,8 @@ def test_vision_run_saves_the_permutation_and_resumes_exactly(tmp_path):
     common = ["--task", "pmnist", "--permutation_seed", "3", "--save_every", "2", "--eval_every", "2",
               "--variant", "lstm", "--forget_bias", "1.0"]
     full = _vision(tmp_path, "full", data, *common, "--steps", "5", "--run.tensorboard", "true")
-    assert full["train_images"] == 32 and full["test_images"] == 8 and full["variant"] == "lstm"
+    # 40 images: 8 for testing, then 10% of the other 32 held out for validation
+    assert (full["train_images"], full["valid_images"], full["test_images"]) == (29, 3, 8) and full["variant"] == "lstm"
     assert full["final"]["accuracy"] == full["best"]["accuracy"]["value"] or full["best"]["accuracy"]["step"] < 5
     n_events = len(list((tmp_path / "full" / "tb").rglob("events.out.tfevents*")))
     assert n_events
@@ -116,7 +117,7 @@ def test_vision_run_saves_the_permutation_and_resumes_exactly(tmp_path):
 def test_vision_epochs_set_the_step_count(tmp_path):
     data = _mnist_csv(tmp_path / "d.csv.gz")
     s = _vision(tmp_path, "ep", data, "--epochs", "0.5", "--save_every", "0", "--variant", "lstm")
-    assert s["step"] == 4 and s["epochs"] == pytest.approx(0.5)  # 32 train images, batch 4
+    assert s["step"] == 4 and s["epochs"] == pytest.approx(16 / 29)  # 29 train images, batch 4: ceil(3.6) steps
     with pytest.raises(ConfigError, match="not both"):
         _vision(tmp_path, "ep2", data, "--epochs", "1", "--steps", "3")
 
@@ -130,7 +131,7 @@ def test_vision_real_mnist_5k_smoke(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = vision_job.main(["--preset", "smnist-tiny", "--steps", "2", "--max_test", "50", "--hidden", "4",
                          "--variant", "lstm", "--run.dir", str(tmp_path / "r")] + QUIET)
-    assert s["train_images"] == 4000 and s["test_images"] == 50 and s["task"] == "smnist"
+    assert (s["train_images"], s["valid_images"], s["test_images"]) == (3600, 400, 50) and s["task"] == "smnist"
 
 
 @pytest.mark.parametrize("script, args, problem", [
@@ -157,7 +158,8 @@ def test_vision_scifar_from_npz(tmp_path):
              y_train=rng.integers(0, 10, 12), x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
              y_test=rng.integers(0, 10, 4))
     s = _vision(tmp_path, "c", tmp_path / "cifar.npz", "--task", "scifar", "--variant", "lstm", "--steps", "2")
-    assert s["task"] == "scifar" and s["seq_len"] == 1024 and (s["train_images"], s["test_images"]) == (12, 4)
+    assert s["task"] == "scifar" and s["seq_len"] == 1024
+    assert (s["train_images"], s["valid_images"], s["test_images"]) == (11, 1, 4)
     assert s["paper_ur_lstm_accuracy"] == 0.71 and (tmp_path / "c" / "checkpoints" / "step-00000002").is_dir()
 
 

@@ -134,5 +134,5 @@ def test_help_lists_options(capsys):
         parse("--help")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--model.hidden" in out and "Presets: quickstart, wt103" in out
+    assert "--model.hidden" in out and "Presets: quickstart, wt2, wt103" in out
     assert "hidden units per recurrent layer" in out and "--lr" in out  # per-field help; unique bare names

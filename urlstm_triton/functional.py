@@ -102,7 +102,7 @@ def _check_weights(weights, spec, num_directions, input_size, hidden_size) -> in
             f"weights must hold one (w_ih, w_hh, bias) tuple per layer and direction "
             f"({num_directions} per layer), got {len(weights)}"
         )
-    gh = spec.num_gates * hidden_size
+    gh = spec.gate_rows(hidden_size)
     for k, lw in enumerate(weights):
         if not isinstance(lw, (tuple, list)) or len(lw) != 3:
             raise TypeError(f"weights[{k}] must be a (w_ih, w_hh, bias) tuple (bias may be None)")

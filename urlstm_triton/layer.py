@@ -61,6 +61,8 @@ class URLSTM(_PlainPickleState, nn.Module):
             ``"triton"``.
         forget_bias: forget-gate bias for the standard init (``-``; default 1.0) or, if given, for ``lstm``.
         chrono_tmax: ``T_max`` of chrono initialisation (required for ``C`` variants).
+        master_chunk: ON-LSTM's chunk factor C for the master-gate variants (``-M``, ``CM``, ``UM``, ``OM``):
+            each master gate has ``hidden_size / C`` units (default 1).
         options: a :class:`~urlstm_triton.options.LayerOptions` instead of ``backend`` and the keywords below.
         kernel_options: the Triton backend's options (``kernel``, ``chunk_size``, ``memory_budget``,
             ``dot_precision``, ``cuda_graph``, ``config``), validated here. Any other keyword is a ``TypeError``
@@ -69,7 +71,8 @@ class URLSTM(_PlainPickleState, nn.Module):
 
     Parameters per layer ``k`` (suffix ``_reverse`` for the backward direction): ``weight_ih_l{k}``
     ``(G*H, I_k)``, ``weight_hh_l{k}`` ``(G*H, H)`` and one ``bias_l{k}`` ``(G*H,)``, gate blocks in the order
-    ``f, r, u, o`` (``i, f, g, o`` for ``lstm``; ``f, u, o`` without an auxiliary gate).
+    ``f, r, u, o`` (``i, f, g, o`` for ``lstm``; ``f, u, o`` without an auxiliary gate; ``f, mf, mi, u, o``
+    with the master gates, ``3H + 2H/C`` rows). Formulas: docs/variants.md.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class URLSTM(_PlainPickleState, nn.Module):
         backend: str = "auto",
         forget_bias: Optional[float] = None,
         chrono_tmax: Optional[float] = None,
+        master_chunk: int = 1,
         device=None,
         dtype=None,
         proj_size: int = 0,
@@ -104,7 +108,7 @@ class URLSTM(_PlainPickleState, nn.Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        self.spec = parse_gate(gate)
+        self.spec = parse_gate(gate).with_master_chunk(master_chunk)
         _check_gate_options(self.spec, chrono_tmax)
         self.forget_bias = forget_bias
         self.chrono_tmax = chrono_tmax
@@ -117,7 +121,7 @@ class URLSTM(_PlainPickleState, nn.Module):
                 stacklevel=2,
             )
         factory = {"device": device, "dtype": dtype}
-        gh = self.spec.num_gates * hidden_size
+        gh = self.spec.gate_rows(hidden_size)
         self._weight_names: List[Tuple[str, str, Optional[str]]] = []
         for layer in range(num_layers):
             for suffix in ([""] + (["_reverse"] if bidirectional else [])):
@@ -207,6 +211,8 @@ class URLSTM(_PlainPickleState, nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, gate={self.spec.code!r}"
+        if self.spec.master_chunk != 1:
+            s += f", master_chunk={self.spec.master_chunk}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
@@ -245,15 +251,16 @@ class URLSTMCell(_PlainPickleState, nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, gate="UR",
-                 forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None, device=None, dtype=None):
+                 forget_bias: Optional[float] = None, chrono_tmax: Optional[float] = None, master_chunk: int = 1,
+                 device=None, dtype=None):
         super().__init__()
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.spec = parse_gate(gate)
+        self.spec = parse_gate(gate).with_master_chunk(master_chunk)
         _check_gate_options(self.spec, chrono_tmax)
         self.forget_bias, self.chrono_tmax = forget_bias, chrono_tmax
         factory = {"device": device, "dtype": dtype}
-        gh = self.spec.num_gates * hidden_size
+        gh = self.spec.gate_rows(hidden_size)
         self.weight_ih = nn.Parameter(torch.empty(gh, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size, **factory))
         self.bias = nn.Parameter(torch.empty(gh, **factory)) if bias else None

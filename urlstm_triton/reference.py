@@ -29,37 +29,48 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .gates import GateSpec, cumax
+from .gates import GateSpec, cumax, master_gates
+
+
+def forget_gates(z: Tensor, hidden: int, spec: GateSpec) -> Tuple[Tensor, Tensor]:
+    """The forget gate ``f`` and the effective forget gate ``g`` (what multiplies ``c_{t-1}``) from a step's
+    pre-activations ``z`` (``..., rows``). For ``lstm`` both are the forget gate (its input gate is separate).
+    The formulas of every variant: docs/variants.md."""
+    if spec.classic:
+        f = torch.sigmoid(z[..., hidden:2 * hidden])
+        return f, f
+    if spec.aux == "M":
+        z_f, z_mf, z_mi = z.split(spec.block_sizes(hidden), dim=-1)[:3]
+        # ON-LSTM's forget path (Shen et al. 2019, eq. 11-12): f stays a sigmoid, cumax only in the master
+        # gates; g = f w + (mf - w), w = mf mi. The input side is the tied framework's 1 - g.
+        f = torch.sigmoid(z_f)
+        mf, mi = master_gates(z_mf, z_mi, spec.master_chunk)
+        w = mf * mi
+        return f, torch.addcmul(mf - w, f, w)
+    z_f = z[..., :hidden]
+    f = cumax(z_f) if spec.primary == "O" else torch.sigmoid(z_f)
+    if spec.aux == "R":
+        # g = 2 r f + (1 - 2 r) f^2 = f^2 + 2 r f (1 - f)
+        r = torch.sigmoid(z[..., hidden:2 * hidden])
+        return f, torch.addcmul(f * f, r, f * (1 - f), value=2.0)
+    return f, f
 
 
 def cell_update(z: Tensor, c_prev: Tensor, spec: GateSpec) -> Tuple[Tensor, Tensor]:
-    """One step of the cell given all gate pre-activations ``z`` (``..., G*H``) and ``c_{t-1}``.
+    """One step of the cell given all gate pre-activations ``z`` (``..., rows``) and ``c_{t-1}``.
 
-    Returns ``(h_t, c_t)`` in ``c_prev``'s dtype.
+    Returns ``(h_t, c_t)`` in ``c_prev``'s dtype. The formulas of every variant: docs/variants.md.
     """
     z = z.to(c_prev.dtype)
+    hidden = c_prev.shape[-1]
     if spec.classic:
         i, f, g, o = z.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
-    if spec.aux == "-":
-        z_f, z_u, z_o = z.chunk(3, dim=-1)
-    else:
-        z_f, z_a, z_u, z_o = z.chunk(4, dim=-1)
-    f = cumax(z_f) if spec.primary == "O" else torch.sigmoid(z_f)
-    if spec.aux == "R":
-        # g = 2 r f + (1 - 2 r) f^2 = f^2 + 2 r f (1 - f)
-        r = torch.sigmoid(z_a)
-        g = torch.addcmul(f * f, r, f * (1 - f), value=2.0)
-    elif spec.aux == "M":
-        # ON-LSTM master gates with the master input gate tied to 1 - m: g = m (f + m - f m)
-        m = cumax(z_a)
-        g = m * (f + m - f * m)
-    else:
-        g = f
-    u = torch.tanh(z_u)
+    _, g = forget_gates(z, hidden, spec)
+    u = torch.tanh(z[..., -2 * hidden:-hidden])  # every tied layout ends with the u and o blocks
     c = torch.lerp(u, c_prev, g)  # g c_{t-1} + (1 - g) u
-    return torch.sigmoid(z_o) * torch.tanh(c), c
+    return torch.sigmoid(z[..., -hidden:]) * torch.tanh(c), c
 
 
 def _dtypes(compute_dtype: torch.dtype) -> torch.dtype:

@@ -130,6 +130,17 @@ PRESETS = {
         "train": {"steps": 400, "lr": 3e-3, "warmup_steps": 20, "grad_clip": 1.0, "eval_every": 100,
                   "eval_batches": 10, "save_every": 200},
     },
+    # WikiText-2 from the hub (for users who have it; the offline comparison in RESULTS.md trains on the
+    # repository's data/wikitext-2/valid.txt instead). Word-level perplexity is reported beside the subword one.
+    "wt2": {
+        "run": {"log_every": 50},
+        "data": {"source": "hf", "hf_name": "Salesforce/wikitext", "hf_config": "wikitext-2-raw-v1",
+                 "batch_size": 32, "bptt": 70, "eval_batch_size": 10},
+        "tokenizer": {"type": "unigram", "vocab_size": 8000},
+        "model": {"embed": 512, "hidden": 1024, "layers": 1, "dropout": 0.3},
+        "train": {"steps": 20000, "optimizer": "adam", "lr": 1e-3, "warmup_steps": 500, "grad_clip": 0.25,
+                  "eval_every": 1000, "save_every": 1000},
+    },
     # WikiText-103 at the community port's scale (one GPU or several; batch_size is global).
     "wt103": {
         "run": {"log_every": 50},

@@ -7,22 +7,17 @@ from typing import Optional
 
 import torch
 
-from ..training.checkpoint import CheckpointManager, load_model_weights
-from ..training.errors import CorruptCheckpoint, DataError
+from ..training.checkpoint import CheckpointManager, load_model_weights, newest_verified
+from ..training.errors import DataError
 from .config import ModelConfig
 from .model import LanguageModel, build_model
 
 
 def newest_valid_checkpoint(run_dir: Path) -> Path:
-    ckdir = Path(run_dir) / "checkpoints"
-    dirs = sorted((p for p in ckdir.glob("step-*") if p.is_dir()), reverse=True) if ckdir.is_dir() else []
-    for d in dirs:
-        try:
-            CheckpointManager.verify(d)
-            return d
-        except CorruptCheckpoint:
-            continue
-    raise DataError(f"no complete checkpoint under {ckdir}")
+    found = newest_verified(Path(run_dir) / "checkpoints")
+    if found is None:
+        raise DataError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
+    return found[0]
 
 
 def load_run_model(run_dir, checkpoint: Optional[str] = None, device="cpu"):

@@ -68,6 +68,9 @@ class VisionDataConfig:
                                   parse=optional(str))
     test_fraction: float = opt(0.2, "share of a single file kept for testing (deterministic split)")
     split_seed: int = opt(0, "seed of the train/test split of a single file")
+    valid_fraction: float = opt(0.1, "share of the training images held out for validation: periodic evaluations "
+                                     "and model selection run on it, the test split is evaluated once, at the end")
+    valid_seed: int = opt(0, "seed of the train/validation split (the same for every variant and training seed)")
     label_column: Literal["last", "first"] = opt("last", "csv: where the label is")
     permutation_seed: int = opt(0, "pmnist: seed of the one fixed pixel permutation")
     max_train: Optional[int] = opt(None, "use only the first N training images", parse=optional(int))
@@ -81,8 +84,9 @@ class VisionDataConfig:
     mlp_hidden: int = opt(256, "units of the ReLU layer between the readout and the 10 classes")
 
     def validate(self, cfg) -> None:
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("test_fraction", "valid_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name} must be in (0, 1), got {getattr(self, name)}")
         for name in ("batch_size", "eval_batch_size", "mlp_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")

@@ -4,13 +4,20 @@ gate variant, on the shared training machinery (``urlstm_triton.training``).
 The data are read and checked in full before the run starts, so a malformed file fails at once with its name.
 Permuted MNIST draws its one permutation from ``data.permutation_seed`` and writes it to
 ``<run>/permutation.json``; a resumed run checks that it draws the same one.
+
+Model selection: a seeded validation split (``data.valid_fraction`` of the training images, drawn with
+``data.valid_seed``) is carved from the training set. The periodic evaluations run on it, and the task keeps the
+weights of the best validation evaluation (in its checkpoint state, so resuming keeps them). The test split is
+evaluated once, at the end, with those selected weights; the summary holds the validation history (``best``,
+``final``) and the selected model's test metrics (``test``, ``selected``).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +30,19 @@ from .config import VISION_PRESETS, VisionJobConfig
 from .models import SequenceClassifier
 from .run_summary import complete_summary
 from .synthetic import batch_generator
-from .vision import PixelSequences, fixed_permutation, load_vision_data, vision_task
+from .vision import ImageSet, PixelSequences, fixed_permutation, load_vision_data, split_train_test, vision_task
 
-EVAL_SPLIT = "test"
+EVAL_SPLIT = "valid"  # the periodic evaluations and the model selection; "test" is evaluated once, at the end
 PAPER_ACCURACY = {"smnist": 0.9928, "pmnist": 0.9696, "scifar": 0.7100}  # UR-LSTM, Gu et al. 2020, full data
 
 
-def load_data(cfg: VisionJobConfig):
+def load_data(cfg: VisionJobConfig) -> Tuple[ImageSet, ImageSet, ImageSet]:
+    """Train, validation and test sets: the validation set is a seeded share of the training images."""
     d = cfg.data
-    return load_vision_data(d.task, d.data, d.test_data, d.hub_name, d.test_fraction, d.split_seed,
-                            d.label_column, d.max_train, d.max_test)
+    train, test = load_vision_data(d.task, d.data, d.test_data, d.hub_name, d.test_fraction, d.split_seed,
+                                   d.label_column, d.max_train, d.max_test)
+    train, valid = split_train_test(train, d.valid_fraction, d.valid_seed)
+    return train, valid, test
 
 
 def permutation_for(cfg: VisionJobConfig):
@@ -60,18 +70,23 @@ def build_model(cfg: VisionJobConfig, seq_len: int, channels: int) -> torch.nn.M
 
 class VisionObjective(Objective):
     """Cross-entropy classification of pixel sequences. Batches come from an endless stream of epochs, each a
-    fresh shuffle drawn from ``(seed, epoch)``: the batch of a step is a pure function of the step."""
+    fresh shuffle drawn from ``(seed, epoch)``: the batch of a step is a pure function of the step.
 
-    eval_splits = (EVAL_SPLIT,)
+    Every evaluation of ``valid`` that beats the best so far (higher accuracy, then lower loss) keeps a copy of
+    the weights; ``test`` evaluates that copy (model selection on validation, the test split seen once)."""
+
+    eval_splits = (EVAL_SPLIT, "test")
     unit = "images"
 
-    def __init__(self, train: PixelSequences, test: PixelSequences, batch_size: int, eval_batch_size: int,
-                 seed: int, session: RunSession):
-        self.train, self.test = train, test
+    def __init__(self, train: PixelSequences, valid: PixelSequences, test: PixelSequences, batch_size: int,
+                 eval_batch_size: int, seed: int, session: RunSession):
+        self.train, self.splits = train, {"valid": valid, "test": test}
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.acc = session.accelerator
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self._orders: Dict[int, torch.Tensor] = {}
+        self.step = 0  # the last step trained: the step an evaluation belongs to
+        self.best: Optional[Dict[str, Any]] = None  # {"step", "metrics", "state"} of the best validation so far
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if epoch not in self._orders:
@@ -88,6 +103,7 @@ class VisionObjective(Objective):
         return torch.tensor(out)
 
     def train_batches(self, step: int, n_micro: int) -> List[Any]:
+        self.step = step
         idx = self.indices(step)
         x = self.train.images[idx].float().div_(255.0).to(self.acc.device)
         y = self.train.labels[idx].to(self.acc.device)
@@ -97,15 +113,30 @@ class VisionObjective(Objective):
         x, y = micro_batch
         return F.cross_entropy(model(x).float(), y), len(y)
 
+    @staticmethod
+    def _better(res: Dict[str, float], than: Dict[str, float]) -> bool:
+        return (res["accuracy"], -res["loss"]) > (than["accuracy"], -than["loss"])
+
     @torch.no_grad()
     def evaluate(self, model, split: str, max_batches: int = 0) -> Dict[str, float]:
+        if split == "test" and self.best is not None:  # the weights selected on validation, not the last ones
+            model = copy.deepcopy(model)
+            model.load_state_dict(self.best["state"])
+            model.eval()
+        res = self._evaluate(model, self.splits[split], max_batches)
+        if split == EVAL_SPLIT and (self.best is None or self._better(res, self.best["metrics"])):
+            self.best = {"step": self.step, "metrics": dict(res),
+                         "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+        return res
+
+    def _evaluate(self, model, data: PixelSequences, max_batches: int) -> Dict[str, float]:
         dev = self.acc.device
-        n = len(self.test)
+        n = len(data)
         starts = list(range(0, n, self.eval_batch_size))[: max_batches or None][self.rank::self.world]
         sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss, correct, images
         for s in starts:
-            x = self.test.images[s:s + self.eval_batch_size].float().div_(255.0).to(dev)
-            y = self.test.labels[s:s + self.eval_batch_size].to(dev)
+            x = data.images[s:s + self.eval_batch_size].float().div_(255.0).to(dev)
+            y = data.labels[s:s + self.eval_batch_size].to(dev)
             logits = model(x).float()
             sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
             sums[1] += (logits.argmax(-1) == y).sum().double()
@@ -115,9 +146,22 @@ class VisionObjective(Objective):
         count = max(float(sums[2]), 1.0)
         return {"loss": float(sums[0]) / count, "accuracy": float(sums[1]) / count}
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+def _selection(summary: Dict[str, Any], task: VisionObjective) -> Optional[Dict[str, Any]]:
+    """Which weights the test split was evaluated with: the step and validation metrics of the selection."""
+    if "test" not in summary.get("eval", {}) or task.best is None:
+        return None
+    return {"step": task.best["step"], "valid": task.best["metrics"], "on": f"{EVAL_SPLIT} accuracy"}
+
 
 def run(cfg: VisionJobConfig) -> Dict[str, Any]:
-    train_set, test_set = load_data(cfg)  # every check on the files happens here, before anything else
+    train_set, valid_set, test_set = load_data(cfg)  # every check on the files happens here, before anything else
     world = launched_world_size()  # the session does not exist yet
     if cfg.data.epochs > 0:
         per_step = cfg.data.batch_size * world  # batch_size is per process
@@ -127,14 +171,17 @@ def run(cfg: VisionJobConfig) -> Dict[str, Any]:
         if perm is not None and session.is_main:
             save_permutation(session.run_dir, perm, cfg.data.permutation_seed,
                              resuming=bool(cfg.run.resume or cfg.run.resume_from))
-        train, test = PixelSequences(train_set, perm), PixelSequences(test_set, perm)
+        train, valid, test = (PixelSequences(s, perm) for s in (train_set, valid_set, test_set))
         spec, _ = vision_task(cfg.data.task)
         model = build_model(cfg, spec.seq_len, spec.channels)
-        task = VisionObjective(train, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed, session)
+        task = VisionObjective(train, valid, test, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.train.seed,
+                               session)
         images_per_step = cfg.data.batch_size * session.accelerator.num_processes
         extra = {"task": cfg.data.task, "variant": cfg.model.variant, "chance": {"accuracy": 0.1},
                  "paper_ur_lstm_accuracy": PAPER_ACCURACY[cfg.data.task], "train_images": len(train_set),
-                 "test_images": len(test_set),
+                 "valid_images": len(valid_set), "test_images": len(test_set),
+                 "test": lambda summary: summary.get("eval", {}).get("test", {}),
+                 "selected": lambda summary: _selection(summary, task),
                  "epochs": lambda summary: summary["step"] * images_per_step / len(train_set),
                  "seq_len": spec.seq_len, "params": sum(p.numel() for p in model.parameters()),
                  "device": str(session.accelerator.device)}

@@ -293,6 +293,21 @@ class CheckpointManager:
         return load_torch(Path(path) / rank_file(self.acc.process_index))
 
 
+def newest_verified(directory) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """``(path, manifest)`` of the newest checkpoint under ``directory`` (``<run>/checkpoints``) that verifies, or
+    None; for readers outside a run (sampling, gate analysis), which need no accelerator."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for path in sorted((p for p in directory.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)), key=_step_of,
+                       reverse=True):
+        try:
+            return path, CheckpointManager.verify(path)
+        except CorruptCheckpoint:
+            continue
+    return None
+
+
 def _step_of(path: Path) -> int:
     return int(_STEP_DIR.match(path.name).group(1))
 

@@ -227,6 +227,17 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, presets: Optional[Di
     return read_config(cls, argv, presets, default_preset, prog)[0]
 
 
+def config_from_dict(cls, values: dict, source: str):
+    """``cls`` rebuilt from a saved mapping (a run's ``config.json``), read and validated as a YAML file would be,
+    so an unknown or bad key is a ``ConfigError`` naming ``source`` and the key."""
+    parser = _parser(cls, "config", {})
+    sections = {f.name for f in fields(cls) if is_dataclass(getattr(cls(), f.name))}
+    args = _as_arguments(values, source, sections)
+    cfg = getattr(_parse(parser, cls, args, f"{source}: ", getattr(cls, "RENAMED", {})), _DEST)
+    validate_config(cfg)
+    return cfg
+
+
 def _given(parser, argv: List[str]) -> frozenset:
     """The dotted keys that ``argv`` sets, through the parser's own table of option names (aliases resolved)."""
     keys = set()
@@ -303,5 +314,5 @@ def format_config(cfg) -> str:
     return "\n".join(f"  {key} = {getattr(owner, f.name)!r}" for key, owner, f in iter_fields(cfg))
 
 
-__all__ = ["ConfigError", "opt", "optional", "parse_config", "read_config", "validate_config", "config_to_dict",
-           "hashed_fields", "config_hash", "diff_hashed", "format_config", "iter_fields"]
+__all__ = ["ConfigError", "opt", "optional", "parse_config", "read_config", "config_from_dict", "validate_config",
+           "config_to_dict", "hashed_fields", "config_hash", "diff_hashed", "format_config", "iter_fields"]

@@ -56,6 +56,8 @@ class RecurrentConfig:
                                              "(default: 1 for '-', PyTorch's init for lstm)", parse=optional(float))
     chrono_tmax: Optional[float] = opt(None, "T_max of chrono init (C variants); default: the job's dependency "
                                              "length (sequence length, or bptt for the LM)", parse=optional(float))
+    master_chunk: int = opt(1, "ON-LSTM's chunk factor of the master-gate variants (-M, CM, UM, OM): each master "
+                               "gate has hidden / master_chunk units")
 
     def validate(self, cfg) -> None:
         try:
@@ -67,6 +69,11 @@ class RecurrentConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.chrono_tmax is not None and not self.chrono_tmax > 2:
             raise ConfigError(f"model.chrono_tmax must be greater than 2, got {self.chrono_tmax}")
+        try:
+            spec = parse_gate("lstm" if self.variant in (NN_LSTM, CLASSIC) else self.variant)
+            spec.with_master_chunk(self.master_chunk).gate_rows(self.hidden)
+        except ValueError as e:
+            raise ConfigError(f"--model.master_chunk: {e}") from None
         self.layer_options()  # checked for every variant; torch.nn.LSTM (lstm) has no use for them
 
     def layer_options(self) -> LayerOptions:
@@ -92,4 +99,5 @@ def build_recurrent(cfg: RecurrentConfig, input_size: int, *, batch_first: bool,
         return rnn
     return URLSTM(input_size, cfg.hidden, cfg.layers, dropout=dropout, batch_first=batch_first,
                   gate="lstm" if variant == CLASSIC else variant, forget_bias=cfg.forget_bias,
-                  chrono_tmax=cfg.chrono_tmax or default_tmax, options=cfg.layer_options())
+                  chrono_tmax=cfg.chrono_tmax or default_tmax, master_chunk=cfg.master_chunk,
+                  options=cfg.layer_options())
