@@ -61,7 +61,8 @@ def test_a_saved_model_loads_with_weights_only_in_a_fresh_process(tmp_path, rnn_
     assert res.returncode == 0, res.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
     if rnn_type == "URLSTM":  # the gate and the options are the objects again, not the dicts they were pickled as
-        assert "GateSpec(primary='C', aux='-', classic=False) LayerOptions(backend='reference'" in res.stdout
+        assert ("GateSpec(primary='C', aux='-', classic=False, master_chunk=1) LayerOptions(backend='reference'"
+                in res.stdout)
 
 
 def _globals(obj) -> set:

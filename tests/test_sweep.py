@@ -20,9 +20,9 @@ def test_grid_expands_seed_major_with_resumable_commands(tmp_path):
     assert [r.seed for r in runs] == [0] * 6 + [1] * 6  # every cell once before any second seed
     r = runs[1]
     assert (r.size, r.variant, r.seed) == ("lag3", "--", 0) and r.dir == tmp_path / "lag3" / "__" / "seed0"
-    assert r.argv == ["--preset", "copy-tiny", "--lag", "3", "--run.threads", "1", "--variant=--",
+    assert r.argv == ["--preset", "copy-tiny", "--lag", "3", "--run.threads", "1", "--model.variant=--",
                       "--train.seed", "0", "--run.dir", str(r.dir), "--resume"]
-    assert variant_args("lm", "lstm") == ["--model.rnn=lstm"] and variant_args("lm", "UR") == ["--model.gate=UR"]
+    assert variant_args("lstm") == ["--model.variant=lstm"] and variant_args("--") == ["--model.variant=--"]
     assert [x.name for x in select(runs, variants=["UR"], seeds=[1])] == [str(tmp_path / s / "UR" / "seed1")
                                                                          for s in ("lag3", "lag5")]
     with pytest.raises(SweepError, match="seed 7 is in no sweep"):

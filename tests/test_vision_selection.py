@@ -9,7 +9,7 @@ from torch import nn
 from test_tasks_trainers import QUIET, _mnist_csv
 from urlstm_triton.tasks import vision_job
 from urlstm_triton.tasks.vision import ImageSet, PixelSequences
-from urlstm_triton.training import ConfigError
+from urlstm_triton.training import ConfigError, parse_config
 from urlstm_triton.training.records import read_metrics
 
 
@@ -34,7 +34,7 @@ def _pixels(labels):
 def test_test_split_is_evaluated_with_the_weights_selected_on_validation():
     session = SimpleNamespace(accelerator=SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu")))
     valid, test = _pixels([3, 3, 3, 1]), _pixels([3, 1, 1, 1])
-    task = vision_job.VisionTrainTask(_pixels([0]), valid, test, 1, 2, 0, session)
+    task = vision_job.VisionObjective(_pixels([0]), valid, test, 1, 2, 0, session)
     model = _Constant(3)  # valid accuracy 0.75 at step 1
     task.train_batches(1, 1)
     assert task.evaluate(model, "valid")["accuracy"] == 0.75
@@ -47,7 +47,7 @@ def test_test_split_is_evaluated_with_the_weights_selected_on_validation():
     assert task.evaluate(model, "test")["accuracy"] == 0.25
     assert torch.equal(model.bias, _Constant(1).bias)  # the caller's model is left as it was
     # the selection travels in the task's checkpoint state
-    other = vision_job.VisionTrainTask(_pixels([0]), valid, test, 1, 2, 0, session)
+    other = vision_job.VisionObjective(_pixels([0]), valid, test, 1, 2, 0, session)
     other.load_state_dict(task.state_dict())
     assert other.evaluate(model, "test")["accuracy"] == 0.25
 
@@ -74,9 +74,9 @@ def test_vision_run_selects_on_valid_and_resumes_with_its_selection(tmp_path):
     # another valid_seed holds out other images (the split is seeded, not the first N)
     saved = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert saved["selected"]["step"] == full["selected"]["step"]
-    tr, va, _ = vision_job.load_data(vision_job.parse_config(
+    tr, va, _ = vision_job.load_data(parse_config(
         vision_job.VisionJobConfig, ["--data.data", str(data), "--valid_seed", "6"]))
-    tr5, va5, _ = vision_job.load_data(vision_job.parse_config(
+    tr5, va5, _ = vision_job.load_data(parse_config(
         vision_job.VisionJobConfig, ["--data.data", str(data), "--valid_seed", "5"]))
     assert len(va) == len(va5) and not (va.images == va5.images).all()
 
@@ -84,4 +84,4 @@ def test_vision_run_selects_on_valid_and_resumes_with_its_selection(tmp_path):
 @pytest.mark.parametrize("bad", ["0", "1", "1.5"])
 def test_valid_fraction_must_be_a_share(bad):
     with pytest.raises(ConfigError, match="data.valid_fraction must be in"):
-        vision_job.parse_config(vision_job.VisionJobConfig, ["--valid_fraction", bad])
+        parse_config(vision_job.VisionJobConfig, ["--valid_fraction", bad])

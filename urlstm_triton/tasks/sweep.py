@@ -66,13 +66,11 @@ def variant_dir(code: str) -> str:
     return code.replace("-", "_")
 
 
-def variant_args(job: str, code: str) -> List[str]:
-    """The trainer flags that select a variant. The LM job names torch.nn.LSTM ``--model.rnn lstm`` and the
-    URLSTM's gate ``--model.gate`` (where ``lstm`` is the URLSTM's classic mode, not torch.nn.LSTM)."""
-    # one token each: a separate value "--" (the tied baseline) would read as an option
-    if job != "lm":
-        return [f"--variant={code}"]
-    return ["--model.rnn=lstm"] if code == "lstm" else [f"--model.gate={code}"]
+def variant_args(code: str) -> List[str]:
+    """The trainer flag that selects a variant: ``--model.variant`` means the same in every job (``lstm`` is
+    torch.nn.LSTM, ``classic`` the URLSTM's classic mode)."""
+    # one token: a separate value "--" (the tied baseline) would read as an option
+    return [f"--model.variant={code}"]
 
 
 def _str_list(value, where: str) -> List[str]:
@@ -145,7 +143,7 @@ def expand(sweep: Sweep, root) -> List[SweepRun]:
         for size in sweep.sizes:
             for v in sweep.variants:
                 d = root / size / variant_dir(v) / f"seed{seed}"
-                argv = (["--preset", sweep.preset] + sweep.sizes[size] + sweep.args + variant_args(sweep.job, v) +
+                argv = (["--preset", sweep.preset] + sweep.sizes[size] + sweep.args + variant_args(v) +
                         ["--train.seed", str(seed), "--run.dir", str(d), "--resume"])
                 runs.append(SweepRun(sweep.job, size, v, seed, d, argv))
     return runs
