@@ -7,6 +7,7 @@ functions here, so ``python train/lm.py`` and ``accelerate launch train/lm.py`` 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Optional, Sequence
 
 from .extras import require
@@ -63,6 +64,24 @@ def generate(argv: Optional[Sequence[str]] = None):
     return _tool("generate", ("train",), argv)
 
 
+def sweep(argv: Optional[Sequence[str]] = None):
+    """``urlstm-sweep``: ``scripts/sweep.py``, a grid of validation-task runs (variants x seeds x sizes)."""
+    return _tool("sweep", ("train", "plots"), argv)
+
+
+def gate_analysis(argv: Optional[Sequence[str]] = None):
+    """``urlstm-gate-analysis``: ``scripts/gate_analysis.py``, histograms of the forget gates of trained runs."""
+    return _tool("gate_analysis", ("train", "plots"), argv)
+
+
 def bench_lm(argv: Optional[Sequence[str]] = None):
     """``urlstm-bench-lm``: ``scripts/bench_lm_throughput.py``, LM training throughput against cuDNN."""
     return _tool("bench_lm_throughput", ("train",), argv)
+
+
+_JOBS = {"lm": lm, "synthetic": synthetic, "vision": vision}
+
+if __name__ == "__main__":  # python -m urlstm_triton.cli JOB ARGS: how the sweep starts its runs, clone or wheel
+    if len(sys.argv) < 2 or sys.argv[1] not in _JOBS:
+        sys.exit(f"usage: python -m urlstm_triton.cli {{{','.join(_JOBS)}}} [options]")
+    _JOBS[sys.argv[1]](sys.argv[2:])

@@ -30,7 +30,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..training.recurrent import check_variant
 
 JOBS = ("synthetic", "vision", "lm")
-REPO = Path(__file__).resolve().parents[2]
 
 
 class SweepError(ValueError):
@@ -183,7 +182,8 @@ def run_state(run_dir) -> str:
 
 
 def command(run: SweepRun, python: str = sys.executable) -> List[str]:
-    return [python, str(REPO / "train" / f"{run.job}.py")] + run.argv
+    # the job through the package, not train/<job>.py: an installed wheel has no train/ folder
+    return [python, "-m", "urlstm_triton.cli", run.job] + run.argv
 
 
 class _Pool:
@@ -203,7 +203,7 @@ class _Pool:
             with open(log_path, "ab") as log:
                 log.write(f"\n$ {' '.join(cmd)}\n".encode())
                 log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
             self.procs[proc.pid] = proc
         try:
