@@ -10,8 +10,8 @@ grid; the runs of all files given share one pool of workers, first seed first (o
 by file: a priority order). Every run is resumable and finished runs are skipped, so the same command continues
 a stopped sweep; `kill <pid>` (SIGTERM) or Ctrl-C stops the trainers cleanly. Afterwards scripts/compare.py's
 report of the root (mean ± std over seeds per cell, first step to solve, curves with the spread shaded) goes to
---out (default <root>/report); --collect DIR also copies each run's summary.json and metrics.jsonl there, laid
-out as under the root, for committing.
+--out (default <root>/report); --collect DIR also copies each finished run's summary.json and metrics.jsonl there,
+laid out as under the root, for committing.
 """
 import argparse
 import json
@@ -40,11 +40,12 @@ def relative_summary(summary: dict, rel: Path) -> dict:
 
 
 def collect(runs, root: Path, dest: Path) -> int:
-    """Copy the small record files of every run that has a summary into ``dest``, keeping the layout (its
-    paths rewritten by :func:`relative_summary`; metrics.jsonl as it is)."""
+    """Copy the small record files of every finished run into ``dest``, keeping the layout (its paths rewritten
+    by :func:`relative_summary`; metrics.jsonl as it is). A run still going or stopped part-way is left out: its
+    numbers are not the grid's."""
     n = 0
     for r in runs:
-        if not (r.dir / "summary.json").is_file():
+        if run_state(r.dir) != "done":
             continue
         rel = r.dir.relative_to(root)
         target = Path(dest) / rel
