@@ -30,8 +30,11 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device="cpu"):
         raise DataError(f"{cfg_path} not found: --run must be a run directory of train/lm.py")
     cfg = json.loads(cfg_path.read_text())["config"]
     sp = spm.SentencePieceProcessor(model_file=str(run_dir / "tokenizer.model"))
-    ck = Path(checkpoint) if checkpoint else newest_valid_checkpoint(run_dir)
-    CheckpointManager.verify(ck)
+    if checkpoint:  # a named checkpoint is verified here; the newest valid one was verified when it was chosen
+        ck = Path(checkpoint)
+        CheckpointManager.verify(ck)
+    else:
+        ck = newest_valid_checkpoint(run_dir)
     model_cfg = ModelConfig(**cfg["model"])
     model = build_model(model_cfg, sp.get_piece_size(), cfg["data"]["bptt"])
     load_model_weights(model, ck)

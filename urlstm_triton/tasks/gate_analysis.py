@@ -92,9 +92,8 @@ def _build(job: str, cfg, seed: int):
         task = build_task(cfg)
         model = build_model(cfg, task)
         return model, torch.cat([x for x, _ in task.eval_batches()])  # the fixed evaluation set
-    from .vision import vision_task
+    from .vision import PixelSequences, vision_task
     from .vision_job import build_model, load_data, permutation_for
-    from .vision import PixelSequences
 
     _, valid, _ = load_data(cfg)
     spec, _ = vision_task(cfg.data.task)
