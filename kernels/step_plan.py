@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from .common import TileConfig, Tiles
 from .cost_model import H200, LaunchEstimate, Machine, ctas_per_sm, gemm_launch, u_from_hbm
@@ -119,19 +119,26 @@ def _candidates(batch: int, hidden: int, gates: int, elem: int, backward: bool) 
                         yield Tiles(bb, bh, bk, s, warps, 3, epi)
 
 
+def ranked_tiles(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
+                 precision: str = "tf32", machine: Machine = H200) -> List[Tiles]:
+    """Every candidate tiling, best first: those that give every multiprocessor a program (when any does)
+    before the others, then by estimate, then by program count. ``scripts/bench_kernels.py --tile-sweep``
+    times the first few on a GPU, to see whether the model ranks them as the hardware does."""
+    estimate = backward_estimate if backward else forward_estimate
+    ranked = []
+    for tiles in _candidates(batch, hidden, gates, elem, backward):
+        programs = math.ceil(batch / tiles.block_b) * tiles.split_k * math.ceil(hidden / tiles.block_h)
+        seconds = estimate(batch, hidden, gates, tiles, elem, gate_elem, precision, machine).seconds
+        ranked.append(((programs < machine.sms, seconds, programs), tiles))
+    ranked.sort(key=lambda r: r[0])  # stable: among equal keys the candidate order decides
+    return [tiles for _, tiles in ranked]
+
+
 def choose_tiles(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
                  precision: str = "tf32", machine: Machine = H200) -> Tiles:
     """The candidate tiling with the fastest estimate, among those that give every multiprocessor a program
     when any does."""
-    estimate = backward_estimate if backward else forward_estimate
-    best = None
-    for tiles in _candidates(batch, hidden, gates, elem, backward):
-        programs = math.ceil(batch / tiles.block_b) * tiles.split_k * math.ceil(hidden / tiles.block_h)
-        seconds = estimate(batch, hidden, gates, tiles, elem, gate_elem, precision, machine).seconds
-        key = (programs < machine.sms, seconds, programs)
-        if best is None or key < best[0]:
-            best = (key, tiles)
-    return best[1]
+    return ranked_tiles(batch, hidden, gates, elem, gate_elem, backward, precision, machine)[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,4 +167,4 @@ def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "iee
     return _pick(batch, hidden, gates, bool(on_gpu), dot_precision, num_sms, elem_bytes, gate_bytes or elem_bytes)
 
 
-__all__ = ["pick_config", "choose_tiles", "forward_estimate", "backward_estimate"]
+__all__ = ["pick_config", "choose_tiles", "ranked_tiles", "forward_estimate", "backward_estimate"]

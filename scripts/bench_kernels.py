@@ -8,6 +8,9 @@ forward+backward and of forward only (no grad), and peak memory of one forward+b
 - ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
 - ``triton-tF_B``       the same with explicit step-kernel tiles (``--tile F/B``, each ``BB.BH.BK.SPLIT.WARPS[.EPI]``
                         for the forward and the backward launch: tuning the step kernels)
+- ``--tile-sweep N``      per config and dtype, the planner's N best step tilings of distinct block shapes
+                        (``kernels/step_plan.py``: ``ranked_tiles``) as ``triton-t...`` rows: does the GPU rank them as
+                        the cost model does?
 - ``triton-step``, ``triton-persistent``  the kernel family forced (``--kernel step|persistent``); the plain
                         ``triton`` rows take ``kernel="auto"`` (persistent or step by the rule of
                         ``kernels/persistent.py``: ``suits``)
@@ -36,7 +39,8 @@ import torch
 from torch import nn
 
 from urlstm_triton import URLSTM
-from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, sync, time_fn
+from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, named_configs, sync, time_fn
+from urlstm_triton.parity import one_line
 from urlstm_triton.reference import naive_recurrence
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -59,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--tile", action="append", default=[], metavar="FWD/BWD",
                    help="also time triton with these step-kernel tiles, each direction BB.BH.BK.SPLIT.WARPS[.EPI] "
                         "(block_b, block_h, block_k, split_k, num_warps, epi_h; repeatable)")
+    p.add_argument("--tile-sweep", type=int, default=0, metavar="N",
+                   help="also time, per config and dtype, the planner's N best step tilings of distinct block shapes")
     p.add_argument("--kernel", action="append", default=[], choices=("step", "persistent"),
                    help="also time triton with this kernel family forced (repeatable); plain triton rows are 'auto'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,30 +74,12 @@ def parse_args(argv=None):
     p.add_argument("--no-fwd-only", action="store_true", help="skip the forward-only timings")
     p.add_argument("--check-steps", type=int, default=32, help="sequence length of the correctness check")
     p.add_argument("--skip-check", action="store_true")
+    p.add_argument("--check-only", action="store_true",
+                   help="run the correctness checks (compiling every kernel the timed rows use) and time nothing")
     p.add_argument("--json", help="write results to this JSON file")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
                    help="print the checks and the table of earlier runs' JSON files, and exit")
     return p.parse_args(argv)
-
-
-def config_list(args) -> List[tuple]:
-    out = []
-    for name in filter(None, args.configs.split(",")):
-        table = {**CONFIGS, **LONG_CONFIGS}
-        if name not in table:
-            raise SystemExit(f"--configs: unknown config {name!r}; known: {list(table)}")
-        out.append((name, table[name]))
-    for spec in args.config:
-        try:
-            dims = tuple(int(v) for v in spec.split(","))
-        except ValueError:
-            dims = ()
-        if len(dims) != 4 or min(dims) < 1:
-            raise SystemExit(f"--config must be four positive integers T,B,I,H, got {spec!r}")
-        out.append(("T{}-B{}-I{}-H{}".format(*dims), dims))
-    if not out:
-        raise SystemExit("no config to run: give --configs and/or --config")
-    return out
 
 
 def peak_mib(fn: Callable, device) -> Optional[float]:
@@ -121,6 +109,32 @@ def parse_tiles(spec: str):
     except (ValueError, TypeError) as e:
         raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI] (powers of two, blocks >= 16), "
                          f"got {spec!r}: {e}") from None
+
+
+def tile_spec(tiles) -> str:
+    return ".".join(str(v) for v in (tiles.block_b, tiles.block_h, tiles.block_k, tiles.split_k, tiles.num_warps,
+                                     tiles.epi_h))
+
+
+def sweep_impls(dims, dtype_name: str, n: int) -> List[str]:
+    """``triton-tFWD_BWD`` rows of the planner's ``n`` best forward and backward tilings of distinct
+    ``(block_b, block_h)`` (the i-th forward with the i-th backward; fwd-only timings separate the two)."""
+    if n < 1:
+        return []
+    from urlstm_triton.kernels import MODE_REFINE, num_gates
+    from urlstm_triton.kernels.step_plan import ranked_tiles
+
+    _, B, _, H = dims
+    elem = DTYPES[dtype_name].itemsize
+    picks = []
+    for backward in (False, True):
+        distinct = {}
+        for t in ranked_tiles(B, H, num_gates(MODE_REFINE), elem, elem, backward):
+            distinct.setdefault((t.block_b, t.block_h), t)
+            if len(distinct) == n:
+                break
+        picks.append(list(distinct.values()))
+    return [f"triton-t{tile_spec(f)}_{tile_spec(b)}" for f, b in zip(*picks)]
 
 
 def triton_options(impl: str) -> Dict:
@@ -288,7 +302,8 @@ def summarize(paths: List[str]) -> int:
         print(f"\n{path}: {len(checks)} checks, {len(bad)} failed; {len(rep.get('results', []))} rows")
         for c in checks:
             print(f"  check {c['config']} {c['dtype']} {c['impl']}: max rel error {c['max_error']:.1e}"
-                  + ("" if c["ok"] else "  FAILED " + str({k: f"{v:.1e}" for k, v in c["errors"].items()})))
+                  + ("" if c["ok"] else "  FAILED " + (c.get("error") or str({k: f"{v:.1e}"
+                                                                             for k, v in c["errors"].items()}))))
         print(render_table(rep.get("results", [])))
     return 1 if failed else 0
 
@@ -300,7 +315,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (use --device cpu)")
-    configs = config_list(args)
+    configs = named_configs(args.configs, args.config)
     dtype_names = [d for d in args.dtypes.split(",") if d]
     for d in dtype_names:
         if d not in DTYPES:
@@ -309,6 +324,10 @@ def main(argv=None) -> int:
     for i in impls:
         if i not in ("triton", "reference", "nn.LSTM"):
             raise SystemExit(f"--impls: unknown implementation {i!r}")
+    if args.check_only and args.skip_check:
+        raise SystemExit("--check-only and --skip-check contradict each other")
+    if args.tile_sweep < 0:
+        raise SystemExit("--tile-sweep must be >= 0")
     if any(k < 1 for k in args.chunk):
         raise SystemExit("--chunk must be a positive integer")
     base = ["triton"] if "triton" in impls else []
@@ -333,20 +352,27 @@ def main(argv=None) -> int:
                 print(f"check {d}: skipped ({reason})")
                 continue
             for name, dims in configs:
-                for impl in triton_impls:
-                    c = check(d, dims, device, args.check_steps, impl)
+                for impl in triton_impls + sweep_impls(dims, d, args.tile_sweep):
+                    try:
+                        c = check(d, dims, device, args.check_steps, impl)
+                    except Exception as e:  # a kernel that cannot run here is a failed check, not the end of the run
+                        c = {"impl": impl, "dtype": d, "dims": list(dims), "errors": {}, "max_error": float("nan"),
+                             "tolerance": CHECK_TOL[d], "ok": False, "error": one_line(e)}
                     c["config"] = name
                     report["checks"].append(c)
                     if args.json:
                         write_json(args.json, report)
                     failed |= not c["ok"]
                     print(f"check {name} {d} {impl} T={c['dims'][0]}: max rel error {c['max_error']:.2e} "
-                          f"(tolerance {c['tolerance']:g}) {'ok' if c['ok'] else 'FAILED'}")
+                          f"(tolerance {c['tolerance']:g}) {'ok' if c['ok'] else 'FAILED'} {c.get('error', '')}")
 
+    if args.check_only:
+        print(f"\n{len(report['checks'])} checks, {sum(not c['ok'] for c in report['checks'])} failed")
+        return 1 if failed else 0
     for name, dims in configs:
         for d in dtype_names:
             dtype = DTYPES[d]
-            for impl in all_impls:
+            for impl in all_impls + sweep_impls(dims, d, args.tile_sweep):
                 entry = {"config": name, "dims": list(dims), "dtype": d, "impl": impl}
                 reason = triton_runs_here(device, dtype) if impl.startswith("triton") else ""
                 if reason:
@@ -357,6 +383,9 @@ def main(argv=None) -> int:
                     except torch.cuda.OutOfMemoryError as e:  # e.g. save-everything at T=65536
                         entry["skipped"] = f"out of memory: {str(e).splitlines()[0]}"
                         torch.cuda.empty_cache()
+                    except Exception as e:  # recorded in its row; the other rows still run
+                        entry["skipped"] = f"error: {one_line(e)}"
+                        failed = True
                 report["results"].append(entry)
                 if args.json:  # after every row, so that a run cut short keeps what it measured
                     write_json(args.json, report)

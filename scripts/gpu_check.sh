@@ -1,86 +1,121 @@
 #!/usr/bin/env bash
-# The one prepared GPU check for the Triton kernels (issues 3, 7 and 12). Run it on a CUDA machine from the
+# The one prepared GPU check of the Triton kernels (issues 3, 5, 7, 11, 12). Run it on a CUDA machine from the
 # repository root, e.g. through the device tool:   bash scripts/gpu_check.sh
-# It writes everything under $OUT (default /tmp/gpu_check), 11 files: env.txt, doctor.json/.log (issue 12:
-# `python -m urlstm_triton.doctor --quick`, every kernel family x gate mode x dtype vs float64, the
-# persistent kernels' self-check and its cost, URLSTM vs nn.LSTM on two shapes; first, so that a failed kernel
-# shows before anything is timed), bench.json/.log (docs/design.md's five configs, bf16 + fp32, Triton vs
-# reference vs cuDNN, with a float64 check first), pytest.log (every @pytest.mark.cuda test), long.json,
-# long64k.json, long.log (issue 7: T=8192 chunked vs save-everything, T=65536 chunked), persistent.json/.log
-# (issue 5: persistent vs step kernels). Each stage has its own time limit (sum 530 s, setup included about 8
-# minutes at worst; typically less) and the tables come last.
-# Needs torch + triton (+ pytest) already installed; no network.
+#
+# Two stages, inside one time budget (GPU_CHECK_BUDGET seconds, default 420; every step's limit is cut to what
+# is left, and what does not fit is skipped and named):
+#  1. checks, all at once in parallel processes (correctness does not mind sharing the GPU, and each process
+#     compiles its kernels into the shared Triton cache, so stage 2 starts warm):
+#     the doctor (`python -m urlstm_triton.doctor --quick`, one process per dtype: every kernel family x gate
+#     mode vs float64, the persistent self-check), bench_kernels.py --check-only for every row stage 2 times
+#     (vs float64), and `pytest -m cuda`;
+#  2. timings, one after another, most important first: the five configs in bf16 (Triton, graphed, cuDNN
+#     nn.LSTM: issue 11's and 3's targets), where each kernel's time goes (profile_kernels.py, beside the cost
+#     model), the planner's best tilings timed against each other (--tile-sweep), persistent vs step kernels
+#     (issue 5), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32.
+# Everything lands in $OUT (default /tmp/gpu_check) as summary.txt (what is printed last) and gpu_check.tar.gz
+# (every JSON and log); the device tool brings back at most 8 files.
+# Needs torch + triton (+ pytest, pytest-xdist) installed; no network.
 set -u
 OUT="${OUT:-/tmp/gpu_check}"
-mkdir -p "$OUT"
+W="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
+BUDGET="${GPU_CHECK_BUDGET:-420}"
+rm -rf "$W" && mkdir -p "$OUT" "$W"
 PY="${PY:-python3}"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
+export URLSTM_CACHE_DIR="$W/selfcheck-cache"
 unset TRITON_INTERPRET
 START=$(date +%s)
-stage() { echo; echo "=== $1 ($(( $(date +%s) - START )) s) ==="; }
+elapsed() { echo $(( $(date +%s) - START )); }
+stage() { echo; echo "=== $1 ($(elapsed) s) ==="; }
+# limit N: N seconds, or what is left of the budget if less; 0 when less than 15 s are left
+limit() { local left=$(( BUDGET - $(elapsed) )); [ "$left" -lt 15 ] && { echo 0; return; }; echo $(( $1 < left ? $1 : left )); }
+bundle() { tar -czf "$OUT/gpu_check.tar.gz" -C "$W" . 2>/dev/null; }
+trap bundle EXIT
+BENCH=("$PY" scripts/bench_kernels.py)
+SKIPPED=()
 
 stage "environment"
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1
-  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.get_device_name(0))"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.get_device_name(0), 'sms', torch.cuda.get_device_properties(0).multi_processor_count)"
   git log -1 --format='commit %H %s' 2>/dev/null
-} 2>&1 | tee "$OUT/env.txt"
+  nproc
+} 2>&1 | tee "$W/env.txt"
 
 stage "install (no network: no dependencies, no build isolation)"
 if ! "$PY" -c "import urlstm_triton.kernels" 2>/dev/null; then
-  if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/tmp/install.log 2>&1; then
-    echo "editable install failed; installing a copy into /tmp/urlstm-site" | tee -a "$OUT/env.txt"
-    "$PY" -m pip install -q --no-deps --no-build-isolation --target /tmp/urlstm-site . >>/tmp/install.log 2>&1
+  if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$W/install.log" 2>&1; then
+    echo "editable install failed; installing a copy into /tmp/urlstm-site" | tee -a "$W/env.txt"
+    "$PY" -m pip install -q --no-deps --no-build-isolation --target /tmp/urlstm-site . >>"$W/install.log" 2>&1
     export PYTHONPATH="/tmp/urlstm-site${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  tail -5 /tmp/install.log >>"$OUT/env.txt"
 fi
 "$PY" -c "import urlstm_triton.kernels, urlstm_triton.triton_backend as b, torch; print('triton backend available on cuda:', b.is_available(torch.device('cuda')))" \
   || { echo "cannot import the package; giving up"; exit 1; }
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { echo "no CUDA device visible to torch; this script is for a GPU machine"; exit 1; }
 
-set -o pipefail
-stage "doctor (issue 12): every kernel family vs float64, the self-check of kernel='auto', vs nn.LSTM"
-# its JSON is rewritten after every check, so a run cut by the time limit keeps what it checked
-timeout 100 "$PY" -m urlstm_triton.doctor --quick --json "$OUT/doctor.json" 2>&1 | tee "$OUT/doctor.log" \
-  | grep -vE "^(step|persistent|chunked|graphed) +[a-z]+ +[a-z0-9]+: passed$" | tail -70
-DOCTOR_RC=$?
-
-stage "benchmark: docs/design.md's five configs (check vs float64 first)"
-timeout 170 "$PY" scripts/bench_kernels.py --cuda-graph --min-time 0.3 --max-reps 10 --json "$OUT/bench.json" \
-  2>&1 | tee "$OUT/bench.log" | grep -E "^check|FAILED|Error" | tail -30
-BENCH_RC=$?
-[ "$BENCH_RC" -ne 0 ] && tail -5 "$OUT/bench.log"
-
-stage "pytest -m cuda"
+FIVE=lm-seed,lm-1k,smnist,adding,big-batch
+stage "1. checks in parallel (doctor x 3 dtypes, bench rows vs float64, pytest -m cuda)"
+LIM=$(limit 150)
+job() { local name=$1; shift; ( timeout "$LIM" "$@" >"$W/$name.log" 2>&1; echo $? >"$W/$name.rc" ) & }
+for d in bf16 fp32 fp16; do
+  job "doctor-$d" "$PY" -m urlstm_triton.doctor --quick --no-timing --dtypes "$d" --json "$W/doctor-$d.json"
+done
+CHECK=(--check-only --check-steps 16 --dtypes bf16 --impls triton)
+job check-lm-seed "${BENCH[@]}" "${CHECK[@]}" --configs lm-seed --cuda-graph --tile-sweep 4 --json "$W/check-lm-seed.json"
+job check-big-batch "${BENCH[@]}" "${CHECK[@]}" --configs big-batch --cuda-graph --tile-sweep 4 --json "$W/check-big-batch.json"
+job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --kernel step --kernel persistent \
+  --tile-sweep 4 --json "$W/check-small.json"
+job check-long "${BENCH[@]}" "${CHECK[@]}" --configs long-8k --chunk 256 --chunk 1024 --cuda-graph --json "$W/check-long.json"
+job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --configs "$FIVE" --json "$W/check-fp32.json"
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
-timeout 100 "$PY" -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors $XDIST tests \
-  2>&1 | tee "$OUT/pytest.log" | tail -25
-TEST_RC=$?
+job pytest "$PY" -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors $XDIST tests
+wait
+for f in "$W"/*.rc; do n=$(basename "$f" .rc); echo "$n: exit $(cat "$f")$([ "$(cat "$f")" = 124 ] && echo ' (time limit)')"; done
+grep -hE "^(step|persistent|chunked|graphed) +[a-z]+ +[a-z0-9]+: FAILED" "$W"/doctor-*.log | head -20
+grep -hE "FAILED" "$W"/check-*.log | head -20
+grep -E "passed|failed" "$W/pytest.log" | tail -2
 
-stage "issue 7: long sequences, chunked"
-timeout 60 "$PY" scripts/bench_kernels.py --configs long-8k --dtypes bf16 --impls triton,nn.LSTM --chunk 256 \
-  --chunk 1024 --cuda-graph --min-time 0 --max-reps 3 --warmup 1 --check-steps 16 --json "$OUT/long.json" \
-  >"$OUT/long.log" 2>&1
-timeout 50 "$PY" scripts/bench_kernels.py --configs long-64k --dtypes bf16 --impls "" --chunk 1024 --cuda-graph \
-  --min-time 0 --max-reps 3 --warmup 1 --no-fwd-only --skip-check --json "$OUT/long64k.json" \
-  >>"$OUT/long.log" 2>&1
-tail -3 "$OUT/long.log"
-
-stage "persistent vs step kernels (issue 5: adding, smnist, lm-1k; forced families, checked first)"
-timeout 50 "$PY" scripts/bench_kernels.py --configs adding,smnist,lm-1k --dtypes bf16,fp32 --impls triton,nn.LSTM \
-  --kernel step --kernel persistent --min-time 0.2 --max-reps 5 --warmup 1 --json "$OUT/persistent.json" \
-  >"$OUT/persistent.log" 2>&1
-tail -3 "$OUT/persistent.log"
+stage "2. timings, one after another"
+timed() {  # timed NAME SECONDS CMD...: run CMD under what is left of the budget, or skip it
+  local name=$1 lim; lim=$(limit "$2"); shift 2
+  if [ "$lim" -eq 0 ]; then SKIPPED+=("$name"); echo "$name: skipped (budget spent)"; return; fi
+  echo "--- $name (limit $lim s, at $(elapsed) s)"
+  timeout "$lim" "$@" >"$W/$name.log" 2>&1; local rc=$?
+  echo "$name: exit $rc$([ $rc = 124 ] && echo ' (time limit)')"
+}
+TIME=(--skip-check --min-time 0.3 --max-reps 10 --warmup 2)
+timed bench 90 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes bf16 --impls triton,nn.LSTM --cuda-graph \
+  --json "$W/bench.json"
+timed profile 45 "$PY" scripts/profile_kernels.py --configs "$FIVE" --json "$W/profile.json"
+timed tiles 60 "${BENCH[@]}" "${TIME[@]}" --configs lm-seed,big-batch,lm-1k,smnist --dtypes bf16 --impls "" \
+  --tile-sweep 4 --json "$W/tiles.json"
+timed persistent 45 "${BENCH[@]}" "${TIME[@]}" --configs adding,smnist,lm-1k --dtypes bf16 --impls nn.LSTM \
+  --kernel step --kernel persistent --json "$W/persistent.json"
+timed long 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 3 --warmup 1 --configs long-8k --dtypes bf16 \
+  --impls triton,nn.LSTM --chunk 256 --chunk 1024 --cuda-graph --json "$W/long.json"
+timed long64k 30 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs long-64k --dtypes bf16 \
+  --impls "" --chunk 1024 --cuda-graph --no-fwd-only --json "$W/long64k.json"
+timed reference 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs "$FIVE" --dtypes bf16 \
+  --impls reference --no-fwd-only --json "$W/reference.json"
+timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --json "$W/fp32.json"
 
 stage "summary"
-"$PY" scripts/bench_kernels.py --summarize "$OUT/persistent.json" "$OUT/long64k.json" "$OUT/long.json" "$OUT/bench.json"
-echo
-echo "doctor: $(grep -E '^(all checks passed|FAILED)' "$OUT/doctor.log" | head -1)"
-echo "doctor rc=$DOCTOR_RC bench rc=$BENCH_RC pytest rc=$TEST_RC; total $(( $(date +%s) - START )) s; files in $OUT:"
-ls "$OUT"
-grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
+{
+  cat "$W/env.txt"
+  for f in "$W"/*.rc; do echo "$(basename "$f" .rc): exit $(cat "$f")"; done
+  echo "doctor: $(cat "$W"/doctor-*.log | grep -hE '^(all checks passed|FAILED)' | tr '\n' ' ')"
+  grep -E "passed|failed" "$W/pytest.log" | tail -1
+  grep -h "FAILED" "$W"/pytest.log | head -10
+  [ ${#SKIPPED[@]} -gt 0 ] && echo "skipped for the budget: ${SKIPPED[*]}"
+  "$PY" scripts/bench_kernels.py --summarize "$W"/check-*.json | grep -E "checks,|FAILED"
+  cat "$W/profile.log" 2>/dev/null
+  "$PY" scripts/bench_kernels.py --summarize "$W/reference.json" "$W/long64k.json" "$W/long.json" "$W/persistent.json" \
+    "$W/tiles.json" "$W/fp32.json" "$W/bench.json" | grep -vE "^  check "
+  echo "total $(elapsed) s"
+} 2>&1 | tee "$OUT/summary.txt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import torch
 
@@ -30,6 +30,27 @@ CUDNN_MS = {
 }
 EAGER_LOOP_MS = {"bf16": {"lm-seed": 132.0, "lm-1k": 264.0, "smnist": 971.0, "adding": 2432.0, "big-batch": 477.0}}
 
+
+def named_configs(names: str, extra: Iterable[str] = ()) -> List[Tuple[str, tuple]]:
+    """``(name, (T, B, I, H))`` for comma-separated ``names`` from ``CONFIGS`` and ``LONG_CONFIGS``, then one per
+    ``"T,B,I,H"`` string of ``extra``; ``SystemExit`` naming what is wrong (these come from command lines)."""
+    table = {**CONFIGS, **LONG_CONFIGS}
+    out = []
+    for name in filter(None, names.split(",")):
+        if name not in table:
+            raise SystemExit(f"--configs: unknown config {name!r}; known: {list(table)}")
+        out.append((name, table[name]))
+    for spec in extra:
+        try:
+            dims = tuple(int(v) for v in spec.split(","))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise SystemExit(f"--config must be four positive integers T,B,I,H, got {spec!r}")
+        out.append(("T{}-B{}-I{}-H{}".format(*dims), dims))
+    if not out:
+        raise SystemExit("no config to run: give --configs and/or --config")
+    return out
 
 
 def sync(device) -> None:
@@ -62,4 +83,4 @@ def time_fn(fn: Callable, device, warmup: int = 2, min_time: float = 0.0, max_re
     return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": len(times)}
 
 
-__all__ = ["CONFIGS", "LONG_CONFIGS", "CUDNN_MS", "EAGER_LOOP_MS", "sync", "time_fn"]
+__all__ = ["CONFIGS", "LONG_CONFIGS", "CUDNN_MS", "EAGER_LOOP_MS", "named_configs", "sync", "time_fn"]
