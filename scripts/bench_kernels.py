@@ -6,11 +6,11 @@ forward+backward and of forward only (no grad), and peak memory of one forward+b
 - ``triton``            URLSTM(gate="UR", backend="triton") (save everything)
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
 - ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
-- ``triton-tF_B``       the same with explicit step-kernel tiles (``--tile F/B``, each ``BB.BH.BK.SPLIT.WARPS[.EPI]``
-                        for the forward and the backward launch: tuning the step kernels)
+- ``triton-tF_B``       the same with explicit step-kernel tiles (``--tile F/B``, each direction
+                        ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``: tuning the step kernels)
 - ``--tile-sweep N``      per config and dtype, the planner's N best step tilings of distinct block shapes
-                        (``kernels/step_plan.py``: ``ranked_tiles``) as ``triton-t...`` rows: does the GPU rank them as
-                        the cost model does?
+                        (``kernels/step_plan.py``: ``ranked_tiles``), each with several reduction slices and pipeline
+                        depths, as ``triton-t...`` rows: does the GPU rank them as the cost model does?
 - ``triton-step``, ``triton-persistent``  the kernel family forced (``--kernel step|persistent``); the plain
                         ``triton`` rows take ``kernel="auto"`` (persistent or step by the rule of
                         ``kernels/persistent.py``: ``suits``)
@@ -61,10 +61,12 @@ def parse_args(argv=None):
                    help="also time triton with chunk_size=K (repeatable)")
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
     p.add_argument("--tile", action="append", default=[], metavar="FWD/BWD",
-                   help="also time triton with these step-kernel tiles, each direction BB.BH.BK.SPLIT.WARPS[.EPI] "
-                        "(block_b, block_h, block_k, split_k, num_warps, epi_h; repeatable)")
+                   help="also time triton with these step-kernel tiles, each direction "
+                        "BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] (block_b, block_h, block_k, split_k, num_warps, epi_h, "
+                        "num_stages; repeatable)")
     p.add_argument("--tile-sweep", type=int, default=0, metavar="N",
-                   help="also time, per config and dtype, the planner's N best step tilings of distinct block shapes")
+                   help="also time, per config and dtype, the planner's N best step tilings of distinct block shapes "
+                        "(replayed from CUDA graphs with --cuda-graph)")
     p.add_argument("--kernel", action="append", default=[], choices=("step", "persistent"),
                    help="also time triton with this kernel family forced (repeatable); plain triton rows are 'auto'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,31 +98,39 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
 
 
 def parse_tiles(spec: str):
-    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI]``."""
+    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``."""
     from urlstm_triton.kernels import TileConfig, Tiles
 
     parts = spec.replace("_", "/").split("/")
     try:
         dims = [[int(v) for v in p.split(".")] for p in parts]
-        if len(dims) != 2 or any(len(d) not in (5, 6) for d in dims):
-            raise ValueError("two directions of five or six numbers")
-        fwd, bwd = (Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) == 6 else None) for d in dims)
+        if len(dims) != 2 or any(len(d) not in (5, 6, 7) for d in dims):
+            raise ValueError("two directions of five to seven numbers")
+        fwd, bwd = (Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
+                          num_stages=d[6] if len(d) > 6 else 3) for d in dims)
         return TileConfig(fwd=fwd, bwd=bwd)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI] (powers of two, blocks >= 16), "
-                         f"got {spec!r}: {e}") from None
+        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] (powers of two, blocks "
+                         f">= 16), got {spec!r}: {e}") from None
 
 
 def tile_spec(tiles) -> str:
     return ".".join(str(v) for v in (tiles.block_b, tiles.block_h, tiles.block_k, tiles.split_k, tiles.num_warps,
-                                     tiles.epi_h))
+                                     tiles.epi_h, tiles.num_stages))
 
 
-def sweep_impls(dims, dtype_name: str, n: int) -> List[str]:
-    """``triton-tFWD_BWD`` rows of the planner's ``n`` best forward and backward tilings of distinct
-    ``(block_b, block_h)`` (the i-th forward with the i-th backward; fwd-only timings separate the two)."""
+SWEEP_K_STAGES = ((32, 3), (64, 3), (64, 4), (128, 3))  # what the cost model cannot rank: load pipelining depth
+
+
+def sweep_impls(dims, dtype_name: str, n: int, graph: bool = False) -> List[str]:
+    """``triton-tFWD_BWD`` rows around the planner's ``n`` best forward and backward tilings of distinct
+    ``(block_b, block_h)`` (the i-th forward with the i-th backward; fwd-only timings separate the two), each
+    with the reduction slices and pipeline depths of ``SWEEP_K_STAGES``; ``graph``: replayed from CUDA graphs
+    only (no host launch cost in the ranking)."""
     if n < 1:
         return []
+    from dataclasses import replace
+
     from urlstm_triton.kernels import MODE_REFINE, num_gates
     from urlstm_triton.kernels.step_plan import ranked_tiles
 
@@ -134,7 +144,12 @@ def sweep_impls(dims, dtype_name: str, n: int) -> List[str]:
             if len(distinct) == n:
                 break
         picks.append(list(distinct.values()))
-    return [f"triton-t{tile_spec(f)}_{tile_spec(b)}" for f, b in zip(*picks)]
+    rows = []
+    for f, b in zip(*picks):
+        for k, stages in SWEEP_K_STAGES:
+            fk, bk = (replace(t, block_k=k, num_stages=stages) for t in (f, b))
+            rows.append(f"triton-t{tile_spec(fk)}_{tile_spec(bk)}" + ("-graph" if graph else ""))
+    return list(dict.fromkeys(rows))
 
 
 def triton_options(impl: str) -> Dict:
@@ -352,7 +367,7 @@ def main(argv=None) -> int:
                 print(f"check {d}: skipped ({reason})")
                 continue
             for name, dims in configs:
-                for impl in triton_impls + sweep_impls(dims, d, args.tile_sweep):
+                for impl in triton_impls + sweep_impls(dims, d, args.tile_sweep, args.cuda_graph):
                     try:
                         c = check(d, dims, device, args.check_steps, impl)
                     except Exception as e:  # a kernel that cannot run here is a failed check, not the end of the run
@@ -372,7 +387,7 @@ def main(argv=None) -> int:
     for name, dims in configs:
         for d in dtype_names:
             dtype = DTYPES[d]
-            for impl in all_impls + sweep_impls(dims, d, args.tile_sweep):
+            for impl in all_impls + sweep_impls(dims, d, args.tile_sweep, args.cuda_graph):
                 entry = {"config": name, "dims": list(dims), "dtype": d, "impl": impl}
                 reason = triton_runs_here(device, dtype) if impl.startswith("triton") else ""
                 if reason:

@@ -13,10 +13,15 @@
 #     nn.LSTM: issue 11's and 3's targets), where each kernel's time goes (profile_kernels.py, beside the cost
 #     model), the planner's best tilings timed against each other (--tile-sweep), persistent vs step kernels
 #     (issue 5), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32.
+# `bash scripts/gpu_check.sh tiles` runs, instead of the above, the tile sweep: `pytest -m cuda` and every
+# sweep row checked vs float64 (stage 1), then lm-seed, big-batch and lm-1k timed over the planner's 4 best
+# block shapes x SWEEP_K_STAGES of bench_kernels.py, replayed from CUDA graphs, beside the planner's own pick.
 # Everything lands in $OUT (default /tmp/gpu_check) as summary.txt (what is printed last) and gpu_check.tar.gz
 # (every JSON and log); the device tool brings back at most 8 files.
 # Needs torch + triton (+ pytest, pytest-xdist) installed; no network.
 set -u
+MODE="${1:-full}"
+case "$MODE" in full|tiles) ;; *) echo "usage: bash scripts/gpu_check.sh [full|tiles]"; exit 2;; esac
 OUT="${OUT:-/tmp/gpu_check}"
 W="${GPU_CHECK_WORK:-/tmp/gpu_check_work}"
 BUDGET="${GPU_CHECK_BUDGET:-420}"
@@ -59,19 +64,26 @@ fi
   || { echo "no CUDA device visible to torch; this script is for a GPU machine"; exit 1; }
 
 FIVE=lm-seed,lm-1k,smnist,adding,big-batch
-stage "1. checks in parallel (doctor x 3 dtypes, bench rows vs float64, pytest -m cuda)"
+SWEPT=(lm-seed big-batch lm-1k)
+stage "1. checks in parallel (bench rows vs float64, pytest -m cuda$([ "$MODE" = full ] && echo ', doctor x 3 dtypes'))"
 LIM=$(limit 150)
 job() { local name=$1; shift; ( timeout "$LIM" "$@" >"$W/$name.log" 2>&1; echo $? >"$W/$name.rc" ) & }
-for d in bf16 fp32 fp16; do
-  job "doctor-$d" "$PY" -m urlstm_triton.doctor --quick --no-timing --dtypes "$d" --json "$W/doctor-$d.json"
-done
 CHECK=(--check-only --check-steps 16 --dtypes bf16 --impls triton)
-job check-lm-seed "${BENCH[@]}" "${CHECK[@]}" --configs lm-seed --cuda-graph --tile-sweep 4 --json "$W/check-lm-seed.json"
-job check-big-batch "${BENCH[@]}" "${CHECK[@]}" --configs big-batch --cuda-graph --tile-sweep 4 --json "$W/check-big-batch.json"
-job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --kernel step --kernel persistent \
-  --tile-sweep 4 --json "$W/check-small.json"
-job check-long "${BENCH[@]}" "${CHECK[@]}" --configs long-8k --chunk 256 --chunk 1024 --cuda-graph --json "$W/check-long.json"
-job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --configs "$FIVE" --json "$W/check-fp32.json"
+if [ "$MODE" = tiles ]; then
+  for c in "${SWEPT[@]}"; do
+    job "check-$c" "${BENCH[@]}" "${CHECK[@]}" --configs "$c" --cuda-graph --tile-sweep 4 --json "$W/check-$c.json"
+  done
+else
+  for d in bf16 fp32 fp16; do
+    job "doctor-$d" "$PY" -m urlstm_triton.doctor --quick --no-timing --dtypes "$d" --json "$W/doctor-$d.json"
+  done
+  job check-lm-seed "${BENCH[@]}" "${CHECK[@]}" --configs lm-seed --cuda-graph --tile-sweep 1 --json "$W/check-lm-seed.json"
+  job check-big-batch "${BENCH[@]}" "${CHECK[@]}" --configs big-batch --cuda-graph --tile-sweep 1 --json "$W/check-big-batch.json"
+  job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --kernel step --kernel persistent \
+    --tile-sweep 1 --json "$W/check-small.json"
+  job check-long "${BENCH[@]}" "${CHECK[@]}" --configs long-8k --chunk 256 --chunk 1024 --cuda-graph --json "$W/check-long.json"
+  job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --configs "$FIVE" --json "$W/check-fp32.json"
+fi
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 job pytest "$PY" -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors $XDIST tests
@@ -90,20 +102,27 @@ timed() {  # timed NAME SECONDS CMD...: run CMD under what is left of the budget
   echo "$name: exit $rc$([ $rc = 124 ] && echo ' (time limit)')"
 }
 TIME=(--skip-check --min-time 0.3 --max-reps 10 --warmup 2)
-timed bench 90 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes bf16 --impls triton,nn.LSTM --cuda-graph \
-  --json "$W/bench.json"
-timed profile 45 "$PY" scripts/profile_kernels.py --configs "$FIVE" --json "$W/profile.json"
-timed tiles 60 "${BENCH[@]}" "${TIME[@]}" --configs lm-seed,big-batch,lm-1k,smnist --dtypes bf16 --impls "" \
-  --tile-sweep 4 --json "$W/tiles.json"
-timed persistent 45 "${BENCH[@]}" "${TIME[@]}" --configs adding,smnist,lm-1k --dtypes bf16 --impls nn.LSTM \
-  --kernel step --kernel persistent --json "$W/persistent.json"
-timed long 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 3 --warmup 1 --configs long-8k --dtypes bf16 \
-  --impls triton,nn.LSTM --chunk 256 --chunk 1024 --cuda-graph --json "$W/long.json"
-timed long64k 30 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs long-64k --dtypes bf16 \
-  --impls "" --chunk 1024 --cuda-graph --no-fwd-only --json "$W/long64k.json"
-timed reference 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs "$FIVE" --dtypes bf16 \
-  --impls reference --no-fwd-only --json "$W/reference.json"
-timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --json "$W/fp32.json"
+if [ "$MODE" = tiles ]; then
+  for c in "${SWEPT[@]}"; do
+    timed "tiles-$c" 70 "${BENCH[@]}" --skip-check --min-time 0.1 --max-reps 5 --warmup 2 --configs "$c" --dtypes bf16 \
+      --impls triton --cuda-graph --tile-sweep 4 --json "$W/tiles-$c.json"
+  done
+else
+  timed bench 90 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes bf16 --impls triton,nn.LSTM --cuda-graph \
+    --json "$W/bench.json"
+  timed profile 45 "$PY" scripts/profile_kernels.py --configs "$FIVE" --json "$W/profile.json"
+  timed tiles 60 "${BENCH[@]}" "${TIME[@]}" --configs lm-seed,big-batch,lm-1k,smnist --dtypes bf16 --impls "" \
+    --tile-sweep 1 --cuda-graph --json "$W/tiles.json"
+  timed persistent 45 "${BENCH[@]}" "${TIME[@]}" --configs adding,smnist,lm-1k --dtypes bf16 --impls nn.LSTM \
+    --kernel step --kernel persistent --json "$W/persistent.json"
+  timed long 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 3 --warmup 1 --configs long-8k --dtypes bf16 \
+    --impls triton,nn.LSTM --chunk 256 --chunk 1024 --cuda-graph --json "$W/long.json"
+  timed long64k 30 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs long-64k --dtypes bf16 \
+    --impls "" --chunk 1024 --cuda-graph --no-fwd-only --json "$W/long64k.json"
+  timed reference 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs "$FIVE" --dtypes bf16 \
+    --impls reference --no-fwd-only --json "$W/reference.json"
+  timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --json "$W/fp32.json"
+fi
 
 stage "summary"
 {
@@ -115,7 +134,9 @@ stage "summary"
   [ ${#SKIPPED[@]} -gt 0 ] && echo "skipped for the budget: ${SKIPPED[*]}"
   "$PY" scripts/bench_kernels.py --summarize "$W"/check-*.json | grep -E "checks,|FAILED"
   cat "$W/profile.log" 2>/dev/null
-  "$PY" scripts/bench_kernels.py --summarize "$W/reference.json" "$W/long64k.json" "$W/long.json" "$W/persistent.json" \
-    "$W/tiles.json" "$W/fp32.json" "$W/bench.json" | grep -vE "^  check "
+  TABLES=(reference long64k long persistent tiles fp32 bench)
+  [ "$MODE" = tiles ] && TABLES=("${SWEPT[@]/#/tiles-}")
+  FILES=(); for t in "${TABLES[@]}"; do FILES+=("$W/$t.json"); done
+  "$PY" scripts/bench_kernels.py --summarize "${FILES[@]}" | grep -vE "^  check "
   echo "total $(elapsed) s"
 } 2>&1 | tee "$OUT/summary.txt"

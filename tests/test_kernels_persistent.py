@@ -264,7 +264,7 @@ def test_auto_dispatch_rule(monkeypatch):
 def test_gpu_many_programs_match_float64(dtype, code):
     """Adding-task widths (B=10, H=256: 16 programs, U on chip) over 64 steps."""
     spec = parse_gate(code)
-    ps = make_problem(spec, 64, 10, 2, 256, dtype, device="cuda", scale=0.3)
+    ps = make_problem(spec, 64, 10, 2, 256, dtype, device="cuda", scale=0.3, conditioned=True)
     plan = P.plan_persistent(10, 256, spec.num_gates, dtype, P.device_limits(torch.device("cuda")))
     assert plan.n_h > 1
     assert_close(errors(spec, ps, dtype, kernel="persistent"), TOL[dtype])
@@ -276,7 +276,7 @@ def test_gpu_smnist_widths_bf16(config):
     """smnist widths (B=50, H=1024): planned, two batch tiles x 64 hidden tiles with U on chip (on an H200);
     and U streamed."""
     spec = parse_gate("UR")
-    ps = make_problem(spec, 16, 50, 1, 1024, torch.bfloat16, device="cuda", scale=0.2)
+    ps = make_problem(spec, 16, 50, 1, 1024, torch.bfloat16, device="cuda", scale=0.2, conditioned=True)
     plan = P.plan_persistent(50, 1024, 4, torch.bfloat16, P.device_limits(torch.device("cuda")), config)
     assert plan.n_h > 1
     opts = {"config": config} if config else {}
@@ -293,14 +293,14 @@ def test_gpu_grid_exactly_full(dtype):
     plan = P.plan_persistent(4, H, 4, dtype, limits, cfg)
     assert plan.num_programs == limits.sm_count and P.coresidency_reason(plan, limits) == ""
     spec = parse_gate("UR")
-    ps = make_problem(spec, 12, 4, 3, H, dtype, device="cuda", scale=0.1)
+    ps = make_problem(spec, 12, 4, 3, H, dtype, device="cuda", scale=0.1, conditioned=True)
     assert_close(errors(spec, ps, dtype, kernel="persistent", config=cfg), TOL[dtype])
 
 
 @pytest.mark.cuda
 def test_gpu_chunked_many_programs():
     spec = parse_gate("UR")
-    ps = make_problem(spec, 40, 10, 2, 256, torch.float32, device="cuda", scale=0.3)
+    ps = make_problem(spec, 40, 10, 2, 256, torch.float32, device="cuda", scale=0.3, conditioned=True)
     assert_close(errors(spec, ps, torch.float32, kernel="persistent", chunk_size=16), TOL[torch.float32])
 
 
@@ -309,7 +309,7 @@ def test_gpu_refuses_a_grid_larger_than_the_device():
     limits = P.device_limits(torch.device("cuda"))
     H = 16 * (limits.sm_count + 1)
     spec = parse_gate("UR")
-    ps = [p.float() for p in make_problem(spec, 4, 2, 3, H, torch.float32, device="cuda")]
+    ps = [p.float() for p in make_problem(spec, 4, 2, 3, H, torch.float32, device="cuda", conditioned=True)]
     from urlstm_triton.triton_backend import triton_recurrence
     with pytest.raises(RuntimeError, match="refused.*SMs"):
         triton_recurrence(*ps, spec, kernel="persistent", config=P.PersistentConfig(block_h=16))
