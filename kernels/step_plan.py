@@ -86,6 +86,14 @@ def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: i
                        gap=machine.launch_gap_s, sync=machine.latency_s)
 
 
+def _epi_h(block_b: int, block_h: int, num_warps: int, elem: int) -> int:
+    """Units per epilogue sub-tile: an epilogue tile holds EPI_PER_THREAD values per thread and gate, straight
+    from the accumulator when the whole tile fits, else in sub-tiles through the workspace."""
+    threads = 32 * num_warps
+    cap = EPI_PER_THREAD if elem == 2 else EPI_PER_THREAD_FP32
+    return block_h if block_b * block_h / threads <= cap else max(1, min(block_h, (cap * threads) // block_b))
+
+
 def _candidates(batch: int, hidden: int, gates: int, elem: int, backward: bool) -> Iterator[Tiles]:
     b_cap = min(128, max(16, _pow2(batch)))
     block_bs = [b for b in (16, 32, 64, 128) if b <= b_cap]
@@ -107,11 +115,7 @@ def _candidates(batch: int, hidden: int, gates: int, elem: int, backward: bool) 
                     acc = bb * bh * per_unit / threads
                     if acc > MAX_ACC_PER_THREAD:
                         continue
-                    # an epilogue tile holds EPI_PER_THREAD values per thread and gate: straight from the
-                    # accumulator when that fits, else in sub-tiles through the workspace
-                    epi_cap = EPI_PER_THREAD if elem == 2 else EPI_PER_THREAD_FP32
-                    direct_ok = bb * bh / threads <= epi_cap
-                    epi = bh if direct_ok else max(1, min(bh, (epi_cap * threads) // bb))
+                    epi = _epi_h(bb, bh, warps, elem)
                     for s in SPLITS:
                         # exact fp32 dots (CUDA cores) gain little from deep splits, and 8 of them spilled (sm_90)
                         if s > 1 and (s > math.ceil(length / bk) or (elem == 4 and s > 4)):
@@ -141,6 +145,46 @@ def choose_tiles(batch: int, hidden: int, gates: int, elem: int, gate_elem: int,
     return ranked_tiles(batch, hidden, gates, elem, gate_elem, backward, precision, machine)[0]
 
 
+# The tilings that measured fastest on an H200 (BENCHMARKS.md, the tile sweep of 2026-11-29: lm-seed,
+# big-batch, lm-1k in bf16), as (block_b, block_h, block_k for 16-bit operands): the forward with a 64-wide MMA
+# (block_h 16) over 32-64 batch rows, the backward over 2048-4096-element tiles; 4 warps, few splits. The model
+# ranked them badly (it has no term for load latency), so the tuner (urlstm_triton.tuning) times them.
+TUNE_FWD = ((64, 16, 64), (32, 16, 64))
+TUNE_BWD = ((32, 128, 64), (64, 64, 32), (16, 64, 64))
+
+
+TUNE_MAX_SPLIT = 4  # deeper splits measured slower than leaving multiprocessors idle (lm-1k: 12 splits 2x slower)
+
+
+def _fill_split(batch: int, hidden: int, length: int, bb: int, bh: int, bk: int, sms: int) -> int:
+    """The smallest split-K (up to TUNE_MAX_SPLIT, at least one K step each) that gives every multiprocessor a
+    program, else the deepest of those."""
+    tiles = math.ceil(batch / bb) * math.ceil(hidden / bh)
+    usable = [s for s in SPLITS if s == 1 or s <= min(TUNE_MAX_SPLIT, math.ceil(length / bk))]
+    return next((s for s in usable if tiles * s >= sms), usable[-1])
+
+
+def tuning_candidates(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
+                      precision: str = "tf32", machine: Machine = H200) -> List[Tiles]:
+    """What ``urlstm_triton.tuning`` times for one direction: the model's pick first, then the measured
+    families (``TUNE_FWD``/``TUNE_BWD``) fitted to the problem (blocks no larger than it needs, the smallest
+    split that fills the multiprocessors, the epilogue sub-tile the registers allow), without repeats."""
+    out = [choose_tiles(batch, hidden, gates, elem, gate_elem, backward, precision, machine)]
+    b_cap = min(128, max(16, _pow2(batch)))
+    length = gates * hidden if backward else hidden
+    for bb, bh, bk in TUNE_BWD if backward else TUNE_FWD:
+        bb = min(bb, b_cap)
+        bh = min(bh, max(16 if backward else 4, _pow2(hidden)))
+        bk = bk if elem == 2 else 32
+        bk = min(bk, max(16, _pow2(length)))
+        stages = 4 if (elem == 2 and not backward) else 3
+        split = _fill_split(batch, hidden, length, bb, bh, bk, machine.sms)
+        tiles = Tiles(bb, bh, bk, split, 4, stages, _epi_h(bb, bh, 4, elem))
+        if tiles not in out:
+            out.append(tiles)
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def _pick(batch, hidden, gates, on_gpu, dot_precision, num_sms, elem_bytes, gate_bytes) -> TileConfig:
     if not on_gpu:
@@ -167,4 +211,4 @@ def pick_config(batch: int, hidden: int, on_gpu: bool, dot_precision: str = "iee
     return _pick(batch, hidden, gates, bool(on_gpu), dot_precision, num_sms, elem_bytes, gate_bytes or elem_bytes)
 
 
-__all__ = ["pick_config", "choose_tiles", "ranked_tiles", "forward_estimate", "backward_estimate"]
+__all__ = ["pick_config", "choose_tiles", "ranked_tiles", "tuning_candidates", "forward_estimate", "backward_estimate"]

@@ -14,6 +14,8 @@ forward+backward and of forward only (no grad), and peak memory of one forward+b
 - ``triton-step``, ``triton-persistent``  the kernel family forced (``--kernel step|persistent``); the plain
                         ``triton`` rows take ``kernel="auto"`` (persistent or step by the rule of
                         ``kernels/persistent.py``: ``suits``)
+- ``triton-model``      the step tiles of the cost model, untimed (``--model-tiles``); the plain rows take the
+                        default ``tiles="tuned"`` (``urlstm_triton/tuning.py``)
 - ``reference``         URLSTM(gate="UR", backend="reference"): the PyTorch loop
 - ``nn.LSTM``           torch.nn.LSTM (cuDNN on a GPU): the speed a user gives up by leaving nn.LSTM
 
@@ -67,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--tile-sweep", type=int, default=0, metavar="N",
                    help="also time, per config and dtype, the planner's N best step tilings of distinct block shapes "
                         "(replayed from CUDA graphs with --cuda-graph)")
+    p.add_argument("--model-tiles", action="store_true",
+                   help="also time triton with the cost model's step tiles (tiles='model'; plain rows are tuned)")
     p.add_argument("--kernel", action="append", default=[], choices=("step", "persistent"),
                    help="also time triton with this kernel family forced (repeatable); plain triton rows are 'auto'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -162,6 +166,8 @@ def triton_options(impl: str) -> Dict:
             opts["cuda_graph"] = True
         elif part in ("step", "persistent"):
             opts["kernel"] = part
+        elif part == "model":
+            opts["tiles"] = "model"
         elif part.startswith("t"):
             opts["config"] = parse_tiles(part[1:])
         else:
@@ -346,8 +352,10 @@ def main(argv=None) -> int:
     if any(k < 1 for k in args.chunk):
         raise SystemExit("--chunk must be a positive integer")
     base = ["triton"] if "triton" in impls else []
+    base += ["triton-model"] if args.model_tiles else []
     base += [f"triton-chunk{k}" for k in args.chunk]
-    triton_impls = list(base) + [f"triton-{k}" for k in dict.fromkeys(args.kernel)]
+    base += [f"triton-{k}" for k in dict.fromkeys(args.kernel)]
+    triton_impls = list(base)
     for tile in args.tile:
         parse_tiles(tile)  # exits with the reason on a bad spec
         triton_impls.append("triton-t" + tile.replace("/", "_"))

@@ -9,10 +9,10 @@
 #     the doctor (`python -m urlstm_triton.doctor --quick`, one process per dtype: every kernel family x gate
 #     mode vs float64, the persistent self-check), bench_kernels.py --check-only for every row stage 2 times
 #     (vs float64), and `pytest -m cuda`;
-#  2. timings, one after another, most important first: the five configs in bf16 (Triton, graphed, cuDNN
-#     nn.LSTM: issue 11's and 3's targets), where each kernel's time goes (profile_kernels.py, beside the cost
-#     model), the planner's best tilings timed against each other (--tile-sweep), persistent vs step kernels
-#     (issue 5), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32.
+#  2. timings, one after another, most important first: the five configs in bf16 (Triton with tuned and with
+#     the cost model's tiles, each eager and graphed, beside cuDNN nn.LSTM: issue 11's and 3's targets),
+#     persistent vs step kernels (issue 5), where each kernel's time goes (profile_kernels.py, beside the cost
+#     model), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32.
 # `bash scripts/gpu_check.sh tiles` runs, instead of the above, the tile sweep: `pytest -m cuda` and every
 # sweep row checked vs float64 (stage 1), then lm-seed, big-batch and lm-1k timed over the planner's 4 best
 # block shapes x SWEEP_K_STAGES of bench_kernels.py, replayed from CUDA graphs, beside the planner's own pick.
@@ -77,12 +77,14 @@ else
   for d in bf16 fp32 fp16; do
     job "doctor-$d" "$PY" -m urlstm_triton.doctor --quick --no-timing --dtypes "$d" --json "$W/doctor-$d.json"
   done
-  job check-lm-seed "${BENCH[@]}" "${CHECK[@]}" --configs lm-seed --cuda-graph --tile-sweep 1 --json "$W/check-lm-seed.json"
-  job check-big-batch "${BENCH[@]}" "${CHECK[@]}" --configs big-batch --cuda-graph --tile-sweep 1 --json "$W/check-big-batch.json"
-  job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --kernel step --kernel persistent \
-    --tile-sweep 1 --json "$W/check-small.json"
+  job check-lm-seed "${BENCH[@]}" "${CHECK[@]}" --configs lm-seed --cuda-graph --model-tiles --json "$W/check-lm-seed.json"
+  job check-big-batch "${BENCH[@]}" "${CHECK[@]}" --configs big-batch --cuda-graph --model-tiles \
+    --json "$W/check-big-batch.json"
+  job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --model-tiles --kernel step \
+    --kernel persistent --json "$W/check-small.json"
   job check-long "${BENCH[@]}" "${CHECK[@]}" --configs long-8k --chunk 256 --chunk 1024 --cuda-graph --json "$W/check-long.json"
-  job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --configs "$FIVE" --json "$W/check-fp32.json"
+  job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --model-tiles --configs "$FIVE" \
+    --json "$W/check-fp32.json"
 fi
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
@@ -108,20 +110,19 @@ if [ "$MODE" = tiles ]; then
       --impls triton --cuda-graph --tile-sweep 4 --json "$W/tiles-$c.json"
   done
 else
-  timed bench 90 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes bf16 --impls triton,nn.LSTM --cuda-graph \
-    --json "$W/bench.json"
+  timed bench 90 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes bf16 --impls triton,nn.LSTM --model-tiles \
+    --cuda-graph --json "$W/bench.json"
+  timed persistent 45 "${BENCH[@]}" "${TIME[@]}" --configs adding,smnist,lm-1k --dtypes bf16 --impls "" \
+    --kernel step --kernel persistent --cuda-graph --json "$W/persistent.json"
   timed profile 45 "$PY" scripts/profile_kernels.py --configs "$FIVE" --json "$W/profile.json"
-  timed tiles 60 "${BENCH[@]}" "${TIME[@]}" --configs lm-seed,big-batch,lm-1k,smnist --dtypes bf16 --impls "" \
-    --tile-sweep 1 --cuda-graph --json "$W/tiles.json"
-  timed persistent 45 "${BENCH[@]}" "${TIME[@]}" --configs adding,smnist,lm-1k --dtypes bf16 --impls nn.LSTM \
-    --kernel step --kernel persistent --json "$W/persistent.json"
   timed long 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 3 --warmup 1 --configs long-8k --dtypes bf16 \
     --impls triton,nn.LSTM --chunk 256 --chunk 1024 --cuda-graph --json "$W/long.json"
   timed long64k 30 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs long-64k --dtypes bf16 \
     --impls "" --chunk 1024 --cuda-graph --no-fwd-only --json "$W/long64k.json"
   timed reference 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs "$FIVE" --dtypes bf16 \
     --impls reference --no-fwd-only --json "$W/reference.json"
-  timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --json "$W/fp32.json"
+  timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --model-tiles \
+    --json "$W/fp32.json"
 fi
 
 stage "summary"
@@ -134,7 +135,7 @@ stage "summary"
   [ ${#SKIPPED[@]} -gt 0 ] && echo "skipped for the budget: ${SKIPPED[*]}"
   "$PY" scripts/bench_kernels.py --summarize "$W"/check-*.json | grep -E "checks,|FAILED"
   cat "$W/profile.log" 2>/dev/null
-  TABLES=(reference long64k long persistent tiles fp32 bench)
+  TABLES=(reference long64k long fp32 persistent bench)
   [ "$MODE" = tiles ] && TABLES=("${SWEPT[@]/#/tiles-}")
   FILES=(); for t in "${TABLES[@]}"; do FILES+=("$W/$t.json"); done
   "$PY" scripts/bench_kernels.py --summarize "${FILES[@]}" | grep -vE "^  check "

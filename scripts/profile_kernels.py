@@ -4,8 +4,9 @@ For each config (``urlstm_triton.benchmarks.CONFIGS`` or ``--config T,B,I,H``): 
 of ``URLSTM(gate="UR", backend="triton")`` under ``torch.profiler`` (CUPTI kernel records), and one row per
 GPU kernel: launches and milliseconds per pass, microseconds per launch. The step kernels' rows carry the
 per-launch estimate of ``kernels/step_plan.py`` (``forward_estimate`` / ``backward_estimate`` for the tiles the
-dispatcher picks), so that the model can be corrected where the hardware disagrees. The wall time of a pass
-(CUDA events) minus the summed kernel time is what launch gaps cost (``--cuda-graph`` shrinks them).
+dispatcher runs with: tuned or the model's), so that the model can be corrected where the hardware disagrees.
+The wall time of a pass (CUDA events) minus the summed kernel time is what launch gaps cost (``--cuda-graph``
+shrinks them).
 
     python scripts/profile_kernels.py --configs lm-seed,big-batch --json profile.json
 """
@@ -43,14 +44,25 @@ def kernel_times(fn, reps: int) -> List[Dict]:
     return sorted(rows, key=lambda r: -r["ms"])
 
 
-def step_estimates_us(dims, dtype) -> Dict[str, float]:
-    """The cost model's microseconds per launch of the step kernels, for the tiles the dispatcher picks."""
+def step_tiles(dims, dtype):
+    """The step-kernel tiles the dispatcher ran with: the tuned ones (already measured by the profiled calls,
+    so read from the tuner's cache), else the model's pick."""
+    from urlstm_triton import tuning
     from urlstm_triton.kernels import MODE_REFINE, num_gates, pick_config
+
+    _, B, _, H = dims
+    model = pick_config(B, H, True, "ieee", torch.cuda.get_device_properties(0).multi_processor_count,
+                        dtype.itemsize, num_gates(MODE_REFINE))
+    return tuning.tuned_config(B, H, MODE_REFINE, dtype, dtype, "cuda", "ieee", fallback=model)
+
+
+def step_estimates_us(dims, dtype, cfg) -> Dict[str, float]:
+    """The cost model's microseconds per launch of the step kernels with tiles ``cfg``."""
+    from urlstm_triton.kernels import MODE_REFINE, num_gates
     from urlstm_triton.kernels.step_plan import backward_estimate, forward_estimate
 
     _, B, _, H = dims
     elem, gates = dtype.itemsize, num_gates(MODE_REFINE)
-    cfg = pick_config(B, H, True, "tf32", torch.cuda.get_device_properties(0).multi_processor_count, elem, gates)
     return {"_fwd_step_kernel": 1e6 * forward_estimate(B, H, gates, cfg.fwd, elem, elem).seconds,
             "_bwd_step_kernel": 1e6 * backward_estimate(B, H, gates, cfg.bwd, elem, elem).seconds}
 
@@ -68,19 +80,21 @@ def profile_config(name: str, dims, dtype, reps: int, cuda_graph: bool) -> Dict:
 
     wall = time_fn(fwd_bwd, "cuda", warmup=2, min_time=0.2, max_reps=10)["median_ms"]
     rows = kernel_times(fwd_bwd, reps)
-    est = step_estimates_us(dims, dtype)
+    cfg = step_tiles(dims, dtype)
+    est = step_estimates_us(dims, dtype, cfg)
     for r in rows:
         for kernel, us in est.items():
             if kernel in r["kernel"]:
                 r["est_us_per_launch"] = us
     total = sum(r["ms"] for r in rows)
     return {"config": name, "dims": list(dims), "dtype": str(dtype).replace("torch.", ""), "cuda_graph": cuda_graph,
+            "step_tiles": {"fwd": str(cfg.fwd), "bwd": str(cfg.bwd)},
             "wall_ms": wall, "kernel_ms": total, "gaps_ms": wall - total, "kernels": rows}
 
 
 def render(p: Dict, top: int = 8) -> str:
     lines = [f"{p['config']} {p['dims']} {p['dtype']}{' graph' if p['cuda_graph'] else ''}: wall {p['wall_ms']:.2f} ms,"
-             f" kernels {p['kernel_ms']:.2f} ms, gaps {p['gaps_ms']:.2f} ms",
+             f" kernels {p['kernel_ms']:.2f} ms, gaps {p['gaps_ms']:.2f} ms; step tiles {p['step_tiles']}",
              f"  {'launches':>8}  {'ms':>7}  {'us/launch':>9}  {'est us':>7}  kernel"]
     for r in p["kernels"][:top]:
         est = f"{r['est_us_per_launch']:.1f}" if "est_us_per_launch" in r else "-"

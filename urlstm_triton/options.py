@@ -19,6 +19,7 @@ BACKENDS = ("auto", "reference", "triton")
 KERNELS = ("auto", "step", "persistent")  # kernel families of the Triton backend
 DOT_PRECISIONS = ("ieee", "tf32")
 GATE_STORAGE = ("compute", "fp32")
+TILES = ("tuned", "model")
 
 Backend = Literal["auto", "reference", "triton"]
 Kernel = Literal["auto", "step", "persistent"]
@@ -79,6 +80,10 @@ class LayerOptions:
     gate_storage: Literal["compute", "fp32"] = option("compute", one_of(GATE_STORAGE),
                                                       "dtype of the gates saved for backward: the compute dtype "
                                                       "(half the bytes in bf16/fp16) or fp32")
+    tiles: Literal["tuned", "model"] = option("tuned", one_of(TILES),
+                                              "step-kernel tiles on a GPU: tuned (the fastest of a few candidates, "
+                                              "timed once per size and GPU, cached on disk) or model (the cost "
+                                              "model's pick, untimed)")
     config: Any = option(None, any_value, "a kernels TileConfig/PersistentConfig overriding the tile choice")
 
     def __post_init__(self):

@@ -162,9 +162,13 @@ def atomic_write(path, text: str) -> None:
         raise
 
 
-def _load(path: pathlib.Path) -> Dict[str, dict]:
-    """The valid entries of the cache file; {} when it is missing or does not parse (it is then rewritten at
-    the next store)."""
+def _is_verdict(entry) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("passed"), bool) and isinstance(entry.get("reason"), str)
+
+
+def _load(path: pathlib.Path, valid=_is_verdict) -> Dict[str, dict]:
+    """The entries of the cache file that ``valid`` accepts; {} when it is missing or does not parse (it is
+    then rewritten at the next store). The tile tuner (``urlstm_triton.tuning``) keeps its file the same way."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -172,17 +176,16 @@ def _load(path: pathlib.Path) -> Dict[str, dict]:
     entries = data.get("entries") if isinstance(data, dict) and data.get("format") == CACHE_FORMAT else None
     if not isinstance(entries, dict):
         return {}
-    return {k: e for k, e in entries.items()
-            if isinstance(e, dict) and isinstance(e.get("passed"), bool) and isinstance(e.get("reason"), str)}
+    return {k: e for k, e in entries.items() if valid(e)}
 
 
-def _store(path: pathlib.Path, key: str, entry: dict) -> None:
+def _store(path: pathlib.Path, key: str, entry: dict, valid=_is_verdict) -> None:
     """Add ``entry`` under ``key``: read, merge and replace the file atomically under its lock. A cache that
     cannot be written is skipped (the verdict still holds for this process)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(str(path) + ".lock", timeout=30):
-            entries = _load(path)
+            entries = _load(path, valid)
             entries[key] = entry
             atomic_write(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True))
     except (OSError, filelock.Timeout):

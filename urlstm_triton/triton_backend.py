@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels as _kernels
-from . import selfcheck
+from . import selfcheck, tuning
 from .chunking import resolve_chunk_size
 from .gates import GateSpec
 from .options import KERNEL_OPTION_NAMES, KERNELS, LayerOptions, make_options
@@ -179,6 +179,9 @@ def triton_recurrence(
     config = opts.config or _kernels.pick_config(
         batch, hidden, on_gpu, opts.dot_precision, _num_sms(x.device) if on_gpu else None,
         torch.empty((), dtype=dtype).element_size(), gates, torch.empty((), dtype=gate_dtype).element_size())
+    if on_gpu and opts.config is None and opts.tiles == "tuned" and getattr(family, "family", family) is _kernels:
+        # the step kernels' tiles as measured on this GPU (once per size; cached on disk): urlstm_triton.tuning
+        config = tuning.tuned_config(batch, hidden, mode, dtype, gate_dtype, x.device, opts.dot_precision, config)
     if steps == 0:
         return (x.new_empty(0, batch, hidden, dtype=dtype), h0.to(dtype),
                 c0.to(torch.float32 if dtype != torch.float32 else c0.dtype))
