@@ -313,8 +313,8 @@ def test_gpu_refuses_a_grid_larger_than_the_device():
     from urlstm_triton.triton_backend import triton_recurrence
     with pytest.raises(RuntimeError, match="refused.*SMs"):
         triton_recurrence(*ps, spec, kernel="persistent", config=P.PersistentConfig(block_h=16))
-    # auto never picks a grid it would refuse
-    assert P.suits(2, H, torch.device("cuda"), dtype=torch.float32, steps=4) == (
+    # auto never picks a grid it would refuse (at 64 steps, where nothing else rules the persistent kernels out)
+    assert P.suits(2, H, torch.device("cuda"), dtype=torch.float32, steps=64) == (
         P.coresidency_reason(P.plan_persistent(2, H, 4, torch.float32, limits), limits) == "")
 
 
