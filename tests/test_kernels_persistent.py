@@ -249,6 +249,9 @@ def test_auto_dispatch_rule(monkeypatch):
     assert P.suits(10, 256, cuda, dtype=bf16, steps=P.AUTO_MIN_STEPS)
     assert choose_kernel("auto", 10, 256, cuda, dtype=bf16, steps=2000) is P
     assert choose_kernel("auto", 10, 256, cuda, dtype=bf16, steps=1) is not P
+    # graph-replayed, the step kernels measured faster on every small-batch config (BENCHMARKS.md)
+    assert choose_kernel("auto", 10, 256, cuda, dtype=bf16, steps=2000, cuda_graph=True) is not P
+    assert choose_kernel("persistent", 10, 256, cuda, dtype=bf16, steps=2000, cuda_graph=True) is P
     assert choose_kernel("step", 10, 256, cuda, dtype=bf16, steps=2000) is not P
     # a GPU too small for the grid at any tile size: the rule says why
     _fake_gpu(monkeypatch, sm_count=0)

@@ -93,9 +93,13 @@ def _persistent_family():
 
 
 def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *, dtype: torch.dtype = torch.float32,
-                  steps: Optional[int] = None, mode: int = _kernels.MODE_REFINE):
+                  steps: Optional[int] = None, mode: int = _kernels.MODE_REFINE, cuda_graph: bool = False):
     """The kernel family (a module with ``forward_sequence``/``backward_sequence``) for the ``kernel``
-    option. ``"auto"`` takes the step kernels unless a persistent family exists, says it suits the problem
+    option. ``"auto"`` takes the step kernels when they are replayed from a CUDA graph (``cuda_graph``: the
+    graph removes their per-step host launch cost, and then they were faster than the persistent kernels on
+    every small-batch config measured on an H200: adding 18.0 vs 28.0 ms, smnist 16.9 vs 31.3, lm-1k 6.3 vs
+    13.3; BENCHMARKS.md). Otherwise it takes the step kernels unless a persistent family exists, says it suits
+    the problem
     (``persistent.suits(batch, hidden, device, dtype=, steps=, gates=)``, where ``steps`` is the number of
     steps per launch, the chunk size when chunked; the rule is written down in ``kernels/persistent.py``:
     ``unsuitable_reason``) and has passed its self-check on this device for ``mode`` and ``dtype``
@@ -112,7 +116,7 @@ def choose_kernel(kernel: str, batch: int, hidden: int, device: torch.device, *,
                              "backward_sequence (the launch-helper contract of urlstm_triton.kernels)")
         return persistent
     suits = getattr(persistent, "suits", None)
-    if (persistent is not None and callable(suits)
+    if (persistent is not None and callable(suits) and not cuda_graph
             and suits(batch, hidden, device, dtype=dtype, steps=steps, gates=_kernels.num_gates(mode))
             and selfcheck.passed(device, mode, dtype)):
         return persistent
@@ -169,7 +173,7 @@ def triton_recurrence(
     chunk = resolve_chunk_size(opts.chunk_size, steps, batch, in_size, hidden, gates, dtype, x.device,
                                opts.memory_budget, gate_dtype)
     family = choose_kernel(opts.kernel, batch, hidden, x.device, dtype=dtype, steps=min(chunk or steps, steps),
-                           mode=mode)
+                           mode=mode, cuda_graph=opts.cuda_graph)
     if opts.cuda_graph:
         if x.device.type != "cuda" or kernels_interpreted():
             raise ValueError(f"cuda_graph=True needs the compiled kernels on a CUDA device, got {x.device}"

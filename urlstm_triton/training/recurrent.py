@@ -52,6 +52,8 @@ class RecurrentConfig:
                                 metavar="none|auto|K")
     kernel: Kernel = opt("auto", "Triton backend: kernel family (auto; step: one launch per step; persistent: one "
                                  "launch per chunk)", resume_safe=True)
+    cuda_graph: bool = opt(False, "Triton backend: replay each sequence's step launches from a CUDA graph (on an "
+                                  "H200 1.5-7x faster at small batch and big-batch; BENCHMARKS.md)", resume_safe=True)
     forget_bias: Optional[float] = opt(None, "forget-gate bias of the standard init ('-' variants) and of lstm/classic "
                                              "(default: 1 for '-', PyTorch's init for lstm)", parse=optional(float))
     chrono_tmax: Optional[float] = opt(None, "T_max of chrono init (C variants); default: the job's dependency "
@@ -78,7 +80,8 @@ class RecurrentConfig:
 
     def layer_options(self) -> LayerOptions:
         try:
-            return LayerOptions(backend=self.backend, kernel=self.kernel, chunk_size=self.chunk_size)
+            return LayerOptions(backend=self.backend, kernel=self.kernel, chunk_size=self.chunk_size,
+                                cuda_graph=self.cuda_graph)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model.{e}") from None  # its messages start with the field's name
 
