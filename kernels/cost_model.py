@@ -57,6 +57,11 @@ class Machine:
     launch_gap_s: float = 1.5e-6       # between consecutive kernels of a CUDA graph
     latency_s: float = 1.0e-6          # fixed cost of a dependent kernel: first L2 round trips, last stores
     barrier_s: float = 1.0e-6          # one grid barrier (release add + acquire polls through L2)
+    # latencies a program waits out in sequence (fitted to the H200 tile sweep: scripts/fit_cost_model.py)
+    load_latency_s: float = 0.0        # one K step's operand load, operands in L2, hidden by stages - 1 in flight
+    load_latency_hbm_s: float = 0.0    # the same when U streams from HBM
+    subtile_latency_s: float = 0.0     # one epilogue sub-tile: its dependent loads, gate math, stores
+    partial_latency_s: float = 0.0     # one split-K partial read back by the last program, per sub-tile
     regs_per_sm: int = 65536
     smem_per_sm: int = 228 * 1024
     max_ctas_per_sm: int = 2           # the planner's cap: more programs per SM only split the same tensor cores
@@ -105,26 +110,35 @@ def ctas_per_sm(machine: Machine, num_warps: int, regs: int, smem: int) -> int:
 
 def gemm_launch(machine: Machine, *, programs: int, m: int, n: int, k: int, elem: int, precision: str,
                 operand_bytes: float, hbm_bytes: float, occupancy: int, tiles: int, fixup_bytes: float,
-                epilogue_bytes: float, epilogue_hbm_bytes: float, gap: float, sync: float) -> LaunchEstimate:
+                epilogue_bytes: float, epilogue_hbm_bytes: float, gap: float, sync: float, iterations: int = 0,
+                stages: int = 3, u_hbm: bool = False, subtiles: int = 1, split: int = 1) -> LaunchEstimate:
     """A launch of ``programs`` programs, each multiplying an ``(m x k)`` by a ``(k x n)`` tile and reading
     ``operand_bytes`` from L2; ``tiles`` of them (the last of each split-K group) then read ``fixup_bytes``
     of partial sums and run an epilogue that moves ``epilogue_bytes`` each, ``epilogue_hbm_bytes`` of them
     streams that live in HBM (the rest, such as the previous step's cell state, is still in L2). ``gap``: what
-    separates it from the previous launch (a graph's launch gap, or a grid barrier); ``sync``: fixed latency."""
+    separates it from the previous launch (a graph's launch gap, or a grid barrier); ``sync``: fixed latency.
+    Latency: a program's ``iterations`` K steps each wait for a load issued ``stages - 1`` steps earlier (from
+    HBM when ``u_hbm``); co-resident programs overlap those waits but share the SM's math and bandwidth. Its
+    epilogue runs ``subtiles`` passes in sequence, each reading ``split`` partials when split."""
     rate = sm_flops_per_s(machine, elem, precision) * mma_efficiency(m, n, elem)
     t_math = 2.0 * m * n * k / rate
     t_l2_prog = operand_bytes / machine.sm_l2_bytes_per_s
     waves = math.ceil(programs / (machine.sms * occupancy))
-    per_wave = occupancy * max(t_math, t_l2_prog)
+    load_latency = machine.load_latency_hbm_s if u_hbm else machine.load_latency_s
+    t_wait = iterations * load_latency / max(1, stages - 1)
+    per_wave = max(occupancy * max(t_math, t_l2_prog), t_wait)
     t_main = max(waves * per_wave, programs * operand_bytes / machine.l2_bytes_per_s,
                  hbm_bytes / machine.hbm_bytes_per_s)
     tile_waves = math.ceil(tiles / machine.sms)
     t_fix = tile_waves * fixup_bytes / machine.sm_l2_bytes_per_s
+    if fixup_bytes:
+        t_fix += tile_waves * subtiles * split * machine.partial_latency_s
     t_epi = max(tile_waves * epilogue_bytes / machine.sm_l2_bytes_per_s,
                 tiles * epilogue_bytes / machine.l2_bytes_per_s,
                 tiles * epilogue_hbm_bytes / machine.hbm_bytes_per_s)
+    t_epi += tile_waves * subtiles * machine.subtile_latency_s
     parts = {"gap": gap, "latency": sync, "main": t_main, "fixup": t_fix, "epilogue": t_epi,
-             "math": waves * occupancy * t_math, "l2": t_l2_prog * waves * occupancy}
+             "math": waves * occupancy * t_math, "l2": t_l2_prog * waves * occupancy, "wait": waves * t_wait}
     return LaunchEstimate(gap + sync + t_main + t_fix + t_epi, parts)
 
 

@@ -54,11 +54,13 @@ def forward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: in
     epi_hbm = rows * units * (gates * elem + elem + 4 + gates * gate_elem)
     epilogue = epi_hbm + rows * units * 4
     u_bytes = gates * hidden * hidden * elem
+    u_hbm = u_from_hbm(machine, u_bytes)
     return gemm_launch(machine, programs=n_b * s * n_h, m=bb, n=4 * bh, k=k, elem=elem, precision=precision,
-                       operand_bytes=operand, hbm_bytes=u_bytes if u_from_hbm(machine, u_bytes) else 0,
+                       operand_bytes=operand, hbm_bytes=u_bytes if u_hbm else 0,
                        occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
                        fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
-                       gap=machine.launch_gap_s, sync=machine.latency_s)
+                       gap=machine.launch_gap_s, sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
+                       stages=tiles.num_stages, u_hbm=u_hbm, subtiles=max(1, bh // tiles.epi_h), split=s)
 
 
 def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: int, gate_elem: int,
@@ -79,11 +81,13 @@ def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: i
     epi_hbm = rows * units * (elem + gates * gate_elem + 4 + 4 + gates * elem)
     epilogue = epi_hbm + rows * units * 8
     u_bytes = gh * hidden * elem
+    u_hbm = u_from_hbm(machine, u_bytes)
     return gemm_launch(machine, programs=n_b * s * n_h, m=bb, n=bh, k=k, elem=elem, precision=precision,
-                       operand_bytes=operand, hbm_bytes=u_bytes if u_from_hbm(machine, u_bytes) else 0,
+                       operand_bytes=operand, hbm_bytes=u_bytes if u_hbm else 0,
                        occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
                        fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
-                       gap=machine.launch_gap_s, sync=machine.latency_s)
+                       gap=machine.launch_gap_s, sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
+                       stages=tiles.num_stages, u_hbm=u_hbm, subtiles=max(1, bh // tiles.epi_h), split=s)
 
 
 def _epi_h(block_b: int, block_h: int, num_warps: int, elem: int) -> int:
