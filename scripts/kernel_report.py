@@ -270,6 +270,14 @@ def report(configs: Dict[str, tuple], dtypes: List[str], arch: Arch, families: L
                 for r in new:
                     r["est_ms_fwd_bwd"] = round(est, 2)
                 rows += new
+            if "candidates" in families:  # the tuner's other candidates (urlstm_triton.tuning): it may run any
+                model = K.pick_config(B, H, True, precision, arch.limits.sm_count, elem, G, elem)
+                for backward, direction in ((False, "fwd"), (True, "bwd")):
+                    for tiles in SP.tuning_candidates(B, H, G, elem, elem, backward, precision, arch.machine)[1:]:
+                        config = K.TileConfig(fwd=model.fwd if backward else tiles,
+                                              bwd=tiles if backward else model.bwd, dot_precision=model.dot_precision)
+                        launch = step_launches(B, H, m, dtype, config)[f"step-{direction}"]
+                        rows.append(_row(f"cand-{direction}", name, dname, arch, launch, _tiles_str(tiles), None))
             if "persistent" in families:
                 plan = P.plan_persistent(B, H, G, dtype, arch.limits)
                 reason = P.coresidency_reason(plan, arch.limits, T)
@@ -328,7 +336,9 @@ def parse_args(argv=None):
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated names from {list(CONFIGS) + list(LONG_CONFIGS)}, or T,B,I,H tuples "
                         "separated by ';'")
-    p.add_argument("--families", default="step,persistent", help="comma-separated from step, persistent")
+    p.add_argument("--families", default="step,persistent,candidates",
+                   help="comma-separated from step (the model's tiles), persistent, candidates (the tile tuner's "
+                        "other candidates: urlstm_triton.tuning may pick any of them on a GPU)")
     p.add_argument("--mode", default="refine", choices=sorted(MODES), help="gate mode (refine: the UR-LSTM)")
     p.add_argument("--json", help="also write the rows (and the environment) to this JSON file")
     args = p.parse_args(argv)
@@ -337,8 +347,8 @@ def parse_args(argv=None):
     if bad or not dtypes:
         p.error(f"--dtypes: unknown {bad}; choose from {list(DTYPES)}")
     families = [f for f in args.families.split(",") if f]
-    if not families or any(f not in ("step", "persistent") for f in families):
-        p.error(f"--families must name step and/or persistent, got {args.families!r}")
+    if not families or any(f not in ("step", "persistent", "candidates") for f in families):
+        p.error(f"--families must name step, persistent and/or candidates, got {args.families!r}")
     configs = {}
     table = {**CONFIGS, **LONG_CONFIGS}
     for part in filter(None, re.split(r"[;]|,(?=[a-z])", args.configs)):
