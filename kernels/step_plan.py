@@ -154,7 +154,7 @@ def choose_tiles(batch: int, hidden: int, gates: int, elem: int, gate_elem: int,
 # (block_h 16) over 32-64 batch rows, the backward over 2048-4096-element tiles; 4 warps, few splits. The model
 # ranked them badly (it has no term for load latency), so the tuner (urlstm_triton.tuning) times them.
 TUNE_FWD = ((64, 16, 64), (32, 16, 64))
-TUNE_BWD = ((32, 128, 64), (64, 64, 32), (16, 64, 64))
+TUNE_BWD = ((32, 128, 64), (64, 64, 32), (64, 64, 64), (16, 64, 64))  # 64x64: k 64 won on lm-seed, 32 on big-batch
 
 
 TUNE_MAX_SPLIT = 4  # deeper splits measured slower than leaving multiprocessors idle (lm-1k: 12 splits 2x slower)

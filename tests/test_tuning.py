@@ -37,6 +37,7 @@ def test_candidates_hold_the_tilings_that_measured_fastest_on_the_h200():
         return (t.block_b, t.block_h, t.block_k, t.split_k, t.num_warps)
 
     assert (64, 16, 64, 1, 4) in map(spec, tuning_candidates(128, 3072, 4, 2, 2, False))   # lm-seed fwd
+    assert (64, 64, 64, 2, 4) in map(spec, tuning_candidates(128, 3072, 4, 2, 2, True))    # lm-seed bwd
     assert (64, 16, 64, 1, 4) in map(spec, tuning_candidates(256, 1024, 4, 2, 2, False))   # big-batch fwd
     assert (32, 128, 64, 3, 4) in map(spec, tuning_candidates(256, 1024, 4, 2, 2, True))   # big-batch bwd
     assert (16, 64, 64, 3, 4) in map(spec, tuning_candidates(64, 1024, 4, 2, 2, True))     # lm-1k bwd
