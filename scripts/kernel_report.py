@@ -2,14 +2,16 @@
 
 For the benchmark configs (``urlstm_triton.benchmarks.CONFIGS``) and each dtype, this runs the launch helpers
 of the step kernels (``kernels/recurrence_fwd.py``, ``recurrence_bwd.py``) and of the persistent kernels
-(``kernels/persistent.py``) on tensors of the ``meta`` device with the tiles the dispatcher chooses
-(``pick_config``, ``plan_persistent``, for the target's multiprocessors and shared memory), records the kernel
+(``kernels/persistent.py``) on tensors of the ``meta`` device with the tiles the dispatcher chooses without a
+GPU (``pick_config``, ``plan_persistent``, for the target's multiprocessors and shared memory) and every other
+candidate of the tile tuner (``step_plan.tuning_candidates``: on a GPU it may run any), records the kernel
 launches instead of running them, binds their arguments with Triton's own JIT binder and compiles them for
 the target (``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``, the path Triton takes on a
 GPU). ptxas, which ships in the triton wheel, reports registers, spills, stack; the PTX shows the MMA
 instructions. One row per (kernel, config, dtype):
 
-    kernel  family and direction: step-fwd, step-bwd, persistent-fwd, persistent-bwd
+    kernel  family and direction: step-fwd, step-bwd, persistent-fwd, persistent-bwd; cand-fwd, cand-bwd (the
+            tuner's other candidates)
     registers, spill_bytes (stores + loads), stack, shared_bytes   from ptxas and the compiled kernel
     programs, sms   programs per launch and the target's multiprocessors
     mma             the MMA instruction shape(s) and how many the kernel holds
@@ -24,7 +26,7 @@ again without it (the kernels must be compiled, not interpreted). To report for 
     pip install --no-deps --target /tmp/triton36 triton==3.6.0
     PYTHONPATH=/tmp/triton36 python scripts/kernel_report.py --json report-3.6.json
 
-    python scripts/kernel_report.py                       # sm_90, bf16, the five configs, both families
+    python scripts/kernel_report.py                       # sm_90, bf16, the five configs, every family
     python scripts/kernel_report.py --arch 80 --dtypes bf16,fp32 --configs lm-seed,adding --json r.json
 """
 from __future__ import annotations
