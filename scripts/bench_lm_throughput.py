@@ -32,7 +32,7 @@ def bench(rnn: str, shape: dict, device, steps: int, warmup: int, precision: str
     torch.manual_seed(0)
     variant = "lstm" if rnn == "lstm" else gate  # "lstm": torch.nn.LSTM, the baseline
     cfg = ModelConfig(variant=variant, embed=shape["embed"], hidden=shape["hidden"], layers=1, dropout=0.3,
-                      backend=backend if rnn == "urlstm" else "auto")
+                      backend=backend if rnn != "lstm" else "auto", cuda_graph=rnn == "urlstm-graph")
     model = build_model(cfg, shape["vocab"], shape["bptt"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -67,7 +67,7 @@ def bench(rnn: str, shape: dict, device, steps: int, warmup: int, precision: str
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     n_tok = shape["batch"] * shape["bptt"] * steps
-    if rnn == "urlstm":
+    if rnn != "lstm":
         fn = resolve_backend(backend, parse_gate(gate), device)
         used = "reference" if fn is reference_recurrence else "triton"
     else:
@@ -85,7 +85,8 @@ def main(argv=None):
                    help="autocast precision (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"), help="URLSTM backend")
     p.add_argument("--gate", default="UR")
-    p.add_argument("--rnns", nargs="+", default=["urlstm", "lstm"], choices=("urlstm", "lstm"))
+    p.add_argument("--rnns", nargs="+", default=["urlstm", "lstm"], choices=("urlstm", "urlstm-graph", "lstm"),
+                   help="urlstm-graph: the URLSTM with cuda_graph=True (its step launches replayed from a graph)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     for k in SHAPES["wt103"]:
@@ -100,11 +101,11 @@ def main(argv=None):
     results = [bench(r, shape, device, a.steps, a.warmup, precision, a.backend, a.gate) for r in a.rnns]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, {precision}, shape {shape}, {a.steps} timed steps after {a.warmup} warm-up")
-    print(f"{'rnn':8s} {'backend':10s} {'tokens/s':>12s} {'ms/step':>10s} {'params':>8s}")
+    print(f"{'rnn':12s} {'backend':10s} {'tokens/s':>12s} {'ms/step':>10s} {'params':>8s}")
     base = {r["rnn"]: r["tokens_per_s"] for r in results}.get("lstm")
     for r in results:
         ratio = f"  x{r['tokens_per_s'] / base:.2f} of nn.LSTM" if base and r["rnn"] != "lstm" else ""
-        print(f"{r['rnn']:8s} {r['backend']:10s} {r['tokens_per_s']:12.0f} {r['ms_per_step']:10.1f} "
+        print(f"{r['rnn']:12s} {r['backend']:10s} {r['tokens_per_s']:12.0f} {r['ms_per_step']:10.1f} "
               f"{r['params_M']:7.1f}M{ratio}")
     if a.json:
         with open(a.json, "w") as fh:

@@ -12,7 +12,8 @@
 #  2. timings, one after another, most important first: the five configs in bf16 (Triton with tuned and with
 #     the cost model's tiles, each eager and graphed, beside cuDNN nn.LSTM: issue 11's and 3's targets),
 #     persistent vs step kernels (issue 5), where each kernel's time goes (profile_kernels.py, beside the cost
-#     model), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32.
+#     model), long sequences chunked (issue 7), the reference loop (issue 3's 30x), fp32 (exact and tf32), and
+#     the LM's training throughput (issue 4: UR-LSTM eager and graphed vs nn.LSTM, wt103 shape).
 # `bash scripts/gpu_check.sh tiles` runs, instead of the above, the tile sweep: `pytest -m cuda` and every
 # sweep row checked vs float64 (stage 1), then lm-seed, big-batch and lm-1k timed over the planner's 4 best
 # block shapes x SWEEP_K_STAGES of bench_kernels.py, replayed from CUDA graphs, beside the planner's own pick.
@@ -67,6 +68,7 @@ FIVE=lm-seed,lm-1k,smnist,adding,big-batch
 SWEPT=(lm-seed big-batch lm-1k)
 stage "1. checks in parallel (bench rows vs float64, pytest -m cuda$([ "$MODE" = full ] && echo ', doctor x 3 dtypes'))"
 LIM=$(limit 150)
+[ "$LIM" -eq 0 ] && LIM=1  # `timeout 0` would mean no limit at all
 job() { local name=$1; shift; ( timeout "$LIM" "$@" >"$W/$name.log" 2>&1; echo $? >"$W/$name.rc" ) & }
 CHECK=(--check-only --check-steps 16 --dtypes bf16 --impls triton)
 if [ "$MODE" = tiles ]; then
@@ -83,7 +85,7 @@ else
   job check-small "${BENCH[@]}" "${CHECK[@]}" --configs lm-1k,smnist,adding --cuda-graph --model-tiles --kernel step \
     --kernel persistent --json "$W/check-small.json"
   job check-long "${BENCH[@]}" "${CHECK[@]}" --configs long-8k --chunk 256 --chunk 1024 --cuda-graph --json "$W/check-long.json"
-  job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --model-tiles --configs "$FIVE" \
+  job check-fp32 "${BENCH[@]}" --check-only --check-steps 16 --dtypes fp32 --impls triton --tf32 --configs "$FIVE" \
     --json "$W/check-fp32.json"
 fi
 XDIST=""
@@ -121,8 +123,9 @@ else
     --impls "" --chunk 1024 --cuda-graph --no-fwd-only --json "$W/long64k.json"
   timed reference 45 "${BENCH[@]}" --skip-check --min-time 0 --max-reps 2 --warmup 1 --configs "$FIVE" --dtypes bf16 \
     --impls reference --no-fwd-only --json "$W/reference.json"
-  timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --model-tiles \
+  timed fp32 45 "${BENCH[@]}" "${TIME[@]}" --configs "$FIVE" --dtypes fp32 --impls triton,nn.LSTM --tf32 \
     --json "$W/fp32.json"
+  timed lm 60 "$PY" scripts/bench_lm_throughput.py --rnns urlstm urlstm-graph lstm --steps 10 --json "$W/lm.json"
 fi
 
 stage "summary"
@@ -134,7 +137,7 @@ stage "summary"
   grep -h "FAILED" "$W"/pytest.log | head -10
   [ ${#SKIPPED[@]} -gt 0 ] && echo "skipped for the budget: ${SKIPPED[*]}"
   "$PY" scripts/bench_kernels.py --summarize "$W"/check-*.json | grep -E "checks,|FAILED"
-  cat "$W/profile.log" 2>/dev/null
+  cat "$W/profile.log" "$W/lm.log" 2>/dev/null
   TABLES=(reference long64k long fp32 persistent bench)
   [ "$MODE" = tiles ] && TABLES=("${SWEPT[@]/#/tiles-}")
   FILES=(); for t in "${TABLES[@]}"; do FILES+=("$W/$t.json"); done
