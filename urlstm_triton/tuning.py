@@ -48,6 +48,7 @@ TILE_FIELDS = ("block_b", "block_h", "block_k", "split_k", "num_warps", "num_sta
 
 _LOCK = threading.RLock()
 _MEMORY: Dict[str, Tuple[Tiles, Tiles]] = {}
+_CHOSEN: Dict[tuple, TileConfig] = {}  # per call signature: every call after the first is one dict lookup
 _FINGERPRINT: List[str] = []
 _WARNED = set()
 
@@ -178,6 +179,10 @@ def tuned_config(batch: int, hidden: int, mode: int, dtype: torch.dtype, gate_dt
     from . import selfcheck
 
     device = torch.device(device)
+    signature = (device, bucket(batch), hidden, mode, dtype, gate_dtype, precision)
+    chosen = _CHOSEN.get(signature)
+    if chosen is not None:
+        return chosen
     if fallback is None:
         fallback = _kernels.pick_config(batch, hidden, True, precision, None, dtype.itemsize, num_gates(mode),
                                         gate_dtype.itemsize)
@@ -203,13 +208,15 @@ def tuned_config(batch: int, hidden: int, mode: int, dtype: torch.dtype, gate_dt
                 selfcheck._store(path, key, entry, _valid)
             _MEMORY[key] = _from_entry(entry)
     fwd, bwd = _MEMORY[key]
-    return TileConfig(fwd=fwd, bwd=bwd, dot_precision=fallback.dot_precision)
+    _CHOSEN[signature] = TileConfig(fwd=fwd, bwd=bwd, dot_precision=fallback.dot_precision)
+    return _CHOSEN[signature]
 
 
 def forget() -> None:
     """Drop the choices held in memory (the file stays) and the record of warnings given."""
     with _LOCK:
         _MEMORY.clear()
+        _CHOSEN.clear()
         _WARNED.clear()
 
 
