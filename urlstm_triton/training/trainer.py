@@ -277,7 +277,12 @@ class Trainer:
                         self.save_checkpoint()
                         saved = True
                     self.faults.after_step(step)
-                    if row["stop"] or stop.signum:
+                    # A signal that lands after this step's collective is seen by the other processes only at
+                    # the next one. With several processes only that agreed flag stops, so all stop at the same
+                    # step: one stopping alone would save (a collective) while the others wait in the next
+                    # step's gradient all-reduce, and the job dies with "connection reset" instead of a
+                    # checkpoint. A single process stops at once.
+                    if row["stop"] or (stop.signum and acc.num_processes == 1):
                         status = "interrupted"
                         if not saved:
                             self.save_checkpoint()
