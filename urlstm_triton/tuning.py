@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import statistics
 import threading
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -35,6 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import kernels as _kernels
+from .benchmarks import time_fn
 from .kernels import TileConfig, Tiles
 from .kernels.common import num_gates
 from .kernels.step_plan import tuning_candidates
@@ -129,16 +129,8 @@ def time_launches(tiles: Tiles, backward: bool, mode: int, buf: dict, precision:
         def run():
             _kernels.forward_sequence(buf["xproj"], buf["w_hh"], buf["hs"], buf["cs"], buf["gates"], mode, config)
     graph = capture_cuda_graph(run)
-    graph.replay()  # warm: first replay uploads the graph
-    times = []
-    for _ in range(REPS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / STEPS)
-    return statistics.median(times)
+    # the first replay (warm-up) uploads the graph; then median of REPS replays, timed with CUDA events
+    return time_fn(graph.replay, "cuda", warmup=1, min_time=1.0, max_reps=REPS)["median_ms"] / 1e3 / STEPS
 
 
 def fastest(candidates: List[Tiles], timer, report: dict, label: str) -> Optional[Tiles]:
