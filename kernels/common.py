@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import triton
 import triton.language as tl
 
@@ -41,7 +42,15 @@ class Tiles:
     ``split_k`` programs share one output tile, each reducing a ``1/split_k`` slice; the last of them to
     finish sums the fp32 partials and runs the gate math, ``epi_h`` units at a time (with one split and
     ``epi_h == block_h``, straight from the accumulator).
-    ``tl.dot`` needs every MMA dimension >= 16: ``block_b``, ``block_k`` and the MMA width."""
+    ``tl.dot`` needs every MMA dimension >= 16: ``block_b``, ``block_k`` and the MMA width.
+
+    ``gemm=True`` runs each step's product as a library GEMM instead (``torch.mm`` with fp32 output: cuBLAS
+    on a GPU) into an fp32 scratch slab, then a Triton kernel of ``block_b x block_h`` tiles runs the gate
+    math on it: two launches per step, and the product at whatever rate cuBLAS reaches on the problem. It
+    pays where ``U`` streams from HBM every step (lm-seed: 75 MB in bf16) and the fused kernels' tiles read
+    it at a fraction of the bandwidth; the tuner (``urlstm_triton.tuning``) times it beside the fused tilings
+    for 16-bit operands and keeps it only where it measures faster. ``block_k``, ``split_k`` and ``epi_h``
+    do not apply to it (``split_k`` must be 1)."""
 
     block_b: int = 16
     block_h: int = 16
@@ -50,6 +59,7 @@ class Tiles:
     num_warps: int = 4
     num_stages: int = 3
     epi_h: Optional[int] = None  # None: block_h
+    gemm: bool = False
 
     def __post_init__(self):
         if self.epi_h is None:
@@ -64,6 +74,10 @@ class Tiles:
             raise ValueError(f"split_k must be an int >= 1, got {self.split_k!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
+        if not isinstance(self.gemm, bool):
+            raise ValueError(f"gemm must be True or False, got {self.gemm!r}")
+        if self.gemm and self.split_k != 1:
+            raise ValueError(f"gemm=True runs the product as one library GEMM: split_k must be 1, got {self.split_k}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,19 @@ def dot_precision(config: TileConfig, dtype) -> str:
     """``tl.dot``'s input_precision for operands of ``dtype`` (a torch dtype): the configured one for fp32;
     for half precision the default ("tf32", which only concerns fp32 operands) so the tensor cores run."""
     return config.dot_precision if str(dtype) == "torch.float32" else "tf32"
+
+
+def product_fp32(a, b, out) -> None:
+    """``out = a @ b`` in fp32 (``out`` an fp32 ``(m, n)`` tensor): for 16-bit ``a``/``b`` on a GPU, cuBLAS with
+    fp32 accumulation *and* output (``torch.mm``'s ``out_dtype``), so the product is not rounded to 16 bits
+    before the gate math; fp32 operands, and the CPU (the interpreter's tests), in fp32. The library GEMM of
+    ``Tiles.gemm``."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        torch.mm(a, b, out=out)
+    elif a.device.type == "cpu":
+        torch.mm(a.float(), b.float(), out=out)
+    else:
+        torch.mm(a, b, torch.float32, out=out)
 
 
 @triton.jit
@@ -245,6 +272,15 @@ def forward_epilogue(acc, rb, mb, u0, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_p
     dtype. The step and the persistent forward kernels both end their steps with it."""
     a0, a1, a2, a3 = split_gates(acc, BLOCK_B, EPI_H)
     rh = u0 + tl.arange(0, EPI_H)
+    forward_cell_store(a0, a1, a2, a3, rb, mb, rh, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G,
+                       SAVE_GATES)
+
+
+@triton.jit
+def forward_cell_store(a0, a1, a2, a3, rb, mb, rh, t64, B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE: tl.constexpr,
+                       G: tl.constexpr, SAVE_GATES: tl.constexpr):
+    """The rest of :func:`forward_epilogue` from the four gate blocks' pre-activations ``a0..a3`` of rows ``rb``
+    and units ``rh`` (without the input projection, which it adds); ``a3`` is ignored when ``G == 3``."""
     m2 = mb[:, None] & (rh < H)[None, :]
     bh = B * H
     gh = G * H

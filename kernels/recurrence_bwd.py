@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TileConfig, Tiles, arrive, backward_epilogue, dot_precision, num_gates, split_range
+from .common import TileConfig, Tiles, arrive, backward_epilogue, dot_precision, num_gates, product_fp32, split_range
 
 
 @triton.jit(do_not_specialize=["t", "tn"])
@@ -89,6 +89,18 @@ def _bwd_step_kernel(
             backward_epilogue(dh, rb, mb, units, t64, B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
 
 
+@triton.jit(do_not_specialize=["t"])
+def _bwd_gates_kernel(dh_ptr, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, t, B, H, MODE: tl.constexpr,
+                      G: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """``Tiles.gemm``'s second launch of a step: the gate derivatives from ``dh`` (fp32 ``(B, H)``: the library
+    GEMM's ``dz_{t+1} U``, or ``dh_last`` at the sequence's last step)."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mb = rb < B
+    rh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    dh = tl.load(dh_ptr + rb[:, None] * H + rh[None, :], mask=mb[:, None] & (rh < H)[None, :], other=0.0)
+    backward_epilogue(dh, rb, mb, rh, t.to(tl.int64), B, H, dout_ptr, dz_ptr, gates_ptr, cs_ptr, dc_ptr, MODE, G)
+
+
 def backward_grid(batch: int, hidden: int, tiles: Tiles, has_next: bool = True) -> tuple:
     """Programs of one backward step launch: (batch tiles, splits, hidden tiles). The launch of a sequence's
     last step has no product to split."""
@@ -127,6 +139,19 @@ def backward_sequence(
     if steps == 0:
         return
     tiles = config.bwd
+    if tiles.gemm:  # per step: dh = dz_{t+1} U (library GEMM, fp32 out), then the gate derivatives
+        dh = torch.empty(batch, hidden, dtype=torch.float32, device=d_out.device)
+        grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))
+        for t in range(steps - 1, -1, -1):
+            last = t == steps - 1
+            if last and dz_next is None:
+                dh_t = dh_last
+            else:
+                product_fp32(dz_next if last else dzs[t + 1], w_hh, dh)
+                dh_t = dh
+            _bwd_gates_kernel[grid](dh_t, d_out, dzs, gates, cs, dc, t, batch, hidden, MODE=mode, G=num_gates(mode),
+                                    BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, num_warps=tiles.num_warps)
+        return
     direct = tiles.split_k == 1 and tiles.epi_h == tiles.block_h
     grid = backward_grid(batch, hidden, tiles)
     ws = (dc if direct else

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, dot_precision,
-                     forward_epilogue, num_gates, split_range)
+                     forward_cell_store, forward_epilogue, load_gate_blocks, num_gates, product_fp32, split_range)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -85,6 +85,20 @@ def _fwd_step_kernel(
                                  BLOCK_B, EPI_H)
 
 
+@triton.jit(do_not_specialize=["t"])
+def _fwd_gates_kernel(z_ptr, xp_ptr, hs_ptr, cs_ptr, gates_ptr, t, B, H, MODE: tl.constexpr, G: tl.constexpr,
+                      SAVE_GATES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """``Tiles.gemm``'s second launch of a step: the gate math from the library GEMM's fp32 product ``z``
+    (``(B, G H)``, gate-major like ``xproj``)."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mb = rb < B
+    rh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    z0, z1, z2, z3 = load_gate_blocks(z_ptr + rb[:, None] * (G * H) + rh[None, :], H,
+                                      mb[:, None] & (rh < H)[None, :], G)
+    forward_cell_store(z0, z1, z2, z3, rb, mb, rh, t.to(tl.int64), B, H, xp_ptr, hs_ptr, cs_ptr, gates_ptr, MODE, G,
+                       SAVE_GATES)
+
+
 def forward_grid(batch: int, hidden: int, tiles: Tiles) -> tuple:
     """Programs of one forward step launch: (batch tiles, splits, hidden tiles); batch tiles vary fastest, so
     programs that read the same slice of U run side by side."""
@@ -115,12 +129,21 @@ def forward_sequence(
     if steps == 0:
         return
     tiles = config.fwd
+    gates_arg = gates if save else cs  # any pointer: never written when SAVE_GATES is False
+    if tiles.gemm:  # per step: z = h_{t-1} U^T (library GEMM, fp32 out), then the gate math
+        z = torch.empty(batch, gh, dtype=torch.float32, device=xproj.device)
+        grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))
+        for t in range(steps):
+            product_fp32(hs[t], w_hh.t(), z)
+            _fwd_gates_kernel[grid](z, xproj, hs, cs, gates_arg, t, batch, hidden, MODE=mode, G=num_gates(mode),
+                                    SAVE_GATES=save, BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h,
+                                    num_warps=tiles.num_warps)
+        return
     grid = forward_grid(batch, hidden, tiles)
     direct = tiles.split_k == 1 and tiles.epi_h == tiles.block_h
     # any pointer where a buffer is never touched: the workspace without partials, the counter without a split
     ws = cs if direct else torch.empty(tiles.split_k, batch, 4 * hidden, dtype=torch.float32, device=xproj.device)
     count = torch.zeros(grid[0] * grid[2], dtype=torch.int32, device=xproj.device) if tiles.split_k > 1 else cs
-    gates_arg = gates if save else cs  # any pointer: never written when SAVE_GATES is False
     meta = dict(MODE=mode, G=num_gates(mode), SAVE_GATES=save, PRECISION=dot_precision(config, xproj.dtype),
                 BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, BLOCK_K=tiles.block_k, SPLIT_K=tiles.split_k,
                 EPI_H=tiles.epi_h, num_warps=tiles.num_warps, num_stages=tiles.num_stages)

@@ -157,6 +157,14 @@ TUNE_FWD = ((64, 16, 64), (32, 16, 64))
 TUNE_BWD = ((32, 128, 64), (64, 64, 32), (64, 64, 64), (16, 64, 64))  # 64x64: k 64 won on lm-seed, 32 on big-batch
 
 
+# The library-GEMM steps (``Tiles.gemm``: cuBLAS product, Triton gate math), timed for 16-bit operands: where
+# U streams from HBM every step (lm-seed's 75 MB) the fused backward ran at ~1.3 TB/s against a 4.3 TB/s floor,
+# and a library GEMM of that shape reads U once. Not yet measured (no GPU since it was written): the tuner keeps
+# it only where it times faster. (block_b, block_h) of the gate-math kernel: 1024-element tiles, 4 warps (2048
+# spilled on smnist).
+TUNE_GEMM = (16, 64)
+
+
 TUNE_MAX_SPLIT = 4  # deeper splits measured slower than leaving multiprocessors idle (lm-1k: 12 splits 2x slower)
 
 
@@ -172,7 +180,8 @@ def tuning_candidates(batch: int, hidden: int, gates: int, elem: int, gate_elem:
                       precision: str = "tf32", machine: Machine = H200) -> List[Tiles]:
     """What ``urlstm_triton.tuning`` times for one direction: the model's pick first, then the measured
     families (``TUNE_FWD``/``TUNE_BWD``) fitted to the problem (blocks no larger than it needs, the smallest
-    split that fills the multiprocessors, the epilogue sub-tile the registers allow), without repeats."""
+    split that fills the multiprocessors, the epilogue sub-tile the registers allow), without repeats, and for
+    16-bit operands the library-GEMM step (``TUNE_GEMM``, ``Tiles.gemm``)."""
     out = [choose_tiles(batch, hidden, gates, elem, gate_elem, backward, precision, machine)]
     b_cap = min(128, max(16, _pow2(batch)))
     length = gates * hidden if backward else hidden
@@ -186,6 +195,9 @@ def tuning_candidates(batch: int, hidden: int, gates: int, elem: int, gate_elem:
         tiles = Tiles(bb, bh, bk, split, 4, stages, _epi_h(bb, bh, 4, elem))
         if tiles not in out:
             out.append(tiles)
+    if elem == 2:
+        bb, bh = TUNE_GEMM
+        out.append(Tiles(min(bb, b_cap), min(bh, max(16, _pow2(hidden))), 16, gemm=True))
     return out
 
 

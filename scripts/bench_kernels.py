@@ -45,6 +45,7 @@ from urlstm_triton import URLSTM
 from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, named_configs, sync, time_fn
 from urlstm_triton.parity import one_line
 from urlstm_triton.reference import naive_recurrence
+from urlstm_triton.tuning import tile_spec
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECK_TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}  # issue 3's targets (fp16 between the two)
@@ -110,26 +111,40 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def _parse_direction(text: str):
+    """One direction's ``Tiles``: ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``, or ``gemm.BB.BH.WARPS`` (the library-GEMM
+    step, ``Tiles.gemm``, with its gate-math tiles)."""
+    from urlstm_triton.kernels import Tiles
+
+    gemm = text.startswith("gemm.")
+    d = [int(v) for v in (text[len("gemm."):] if gemm else text).split(".")]
+    if gemm:
+        if len(d) != 3:
+            raise ValueError("gemm.BB.BH.WARPS takes three numbers")
+        return Tiles(d[0], d[1], 16, num_warps=d[2], gemm=True)
+    if len(d) not in (5, 6, 7):
+        raise ValueError("a direction takes five to seven numbers")
+    return Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
+                 num_stages=d[6] if len(d) > 6 else 3)
+
+
 def parse_tiles(spec: str):
-    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``."""
-    from urlstm_triton.kernels import TileConfig, Tiles
+    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]`` or
+    ``gemm.BB.BH.WARPS``."""
+    from urlstm_triton.kernels import TileConfig
 
     parts = spec.replace("_", "/").split("/")
     try:
-        dims = [[int(v) for v in p.split(".")] for p in parts]
-        if len(dims) != 2 or any(len(d) not in (5, 6, 7) for d in dims):
-            raise ValueError("two directions of five to seven numbers")
-        fwd, bwd = (Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
-                          num_stages=d[6] if len(d) > 6 else 3) for d in dims)
+        if len(parts) != 2:
+            raise ValueError("two directions")
+        fwd, bwd = (_parse_direction(p) for p in parts)
         return TileConfig(fwd=fwd, bwd=bwd)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] (powers of two, blocks "
-                         f">= 16), got {spec!r}: {e}") from None
+        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] or gemm.BB.BH.WARPS "
+                         f"(powers of two, blocks >= 16), got {spec!r}: {e}") from None
 
 
-def tile_spec(tiles) -> str:
-    return ".".join(str(v) for v in (tiles.block_b, tiles.block_h, tiles.block_k, tiles.split_k, tiles.num_warps,
-                                     tiles.epi_h, tiles.num_stages))
+
 
 
 SWEEP_K_STAGES = ((32, 3), (64, 3), (64, 4), (128, 3))  # what the cost model cannot rank: load pipelining depth

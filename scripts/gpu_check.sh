@@ -138,6 +138,7 @@ stage "summary"
   [ ${#SKIPPED[@]} -gt 0 ] && echo "skipped for the budget: ${SKIPPED[*]}"
   "$PY" scripts/bench_kernels.py --summarize "$W"/check-*.json | grep -E "checks,|FAILED"
   cat "$W/profile.log" "$W/lm.log" 2>/dev/null
+  "$PY" -c "from urlstm_triton import tuning; print(tuning.summarize_cache())"  # incl. the library-GEMM step
   TABLES=(reference long64k long fp32 persistent bench)
   [ "$MODE" = tiles ] && TABLES=("${SWEPT[@]/#/tiles-}")
   FILES=(); for t in "${TABLES[@]}"; do FILES+=("$W/$t.json"); done

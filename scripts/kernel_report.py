@@ -249,6 +249,8 @@ def _row(kernel, config, dtype, arch: Arch, launch, tiles: str, est: Optional[fl
 
 
 def _tiles_str(t) -> str:
+    if t.gemm:
+        return f"library GEMM + {t.block_b}x{t.block_h} gate math w{t.num_warps}"
     return f"{t.block_b}x{t.block_h}x{t.block_k} s{t.split_k} e{t.epi_h} w{t.num_warps}"
 
 

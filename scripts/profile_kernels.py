@@ -57,14 +57,19 @@ def step_tiles(dims, dtype):
 
 
 def step_estimates_us(dims, dtype, cfg) -> Dict[str, float]:
-    """The cost model's microseconds per launch of the step kernels with tiles ``cfg``."""
+    """The cost model's microseconds per launch of the fused step kernels with tiles ``cfg`` (a direction that
+    runs the library-GEMM step, ``Tiles.gemm``, has no estimate)."""
     from urlstm_triton.kernels import MODE_REFINE, num_gates
     from urlstm_triton.kernels.step_plan import backward_estimate, forward_estimate
 
     _, B, _, H = dims
     elem, gates = dtype.itemsize, num_gates(MODE_REFINE)
-    return {"_fwd_step_kernel": 1e6 * forward_estimate(B, H, gates, cfg.fwd, elem, elem).seconds,
-            "_bwd_step_kernel": 1e6 * backward_estimate(B, H, gates, cfg.bwd, elem, elem).seconds}
+    out = {}
+    if not cfg.fwd.gemm:
+        out["_fwd_step_kernel"] = 1e6 * forward_estimate(B, H, gates, cfg.fwd, elem, elem).seconds
+    if not cfg.bwd.gemm:
+        out["_bwd_step_kernel"] = 1e6 * backward_estimate(B, H, gates, cfg.bwd, elem, elem).seconds
+    return out
 
 
 def profile_config(name: str, dims, dtype, reps: int, cuda_graph: bool) -> Dict:

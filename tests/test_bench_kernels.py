@@ -75,6 +75,15 @@ def test_bench_times_explicit_step_tiles_and_rejects_bad_ones(tmp_path):
     assert checks["triton-t16.4.16.2.4.4_16.16.16.3.4.8"]["ok"]
     cfg = bench.triton_options("triton-t16.4.16.2.4.4_16.16.16.3.4.8")["config"]
     assert (cfg.fwd.split_k, cfg.fwd.epi_h, cfg.bwd.split_k, cfg.bwd.epi_h) == (2, 4, 3, 8)
-    for bad in ("16.4.16.2", "16.4.16.2.4/16.16", "12.4.16.1.4/16.16.16.1.4"):
+    # the library-GEMM step (Tiles.gemm) in one direction, fused in the other; specs round-trip
+    impl = "triton-tgemm.16.8.4_16.16.16.3.4.8.3"
+    rc = bench.main(["--device", "cpu", "--configs", "", "--config", "2,3,4,20", "--dtypes", "fp32", "--impls",
+                     "triton", "--tile", impl[len("triton-t"):], "--min-time", "0", "--max-reps", "3", "--warmup",
+                     "0", "--no-fwd-only", "--check-steps", "2", "--json", str(path)])
+    assert rc == 0 and {c["impl"]: c for c in json.loads(path.read_text())["checks"]}[impl]["ok"]
+    cfg = bench.triton_options(impl)["config"]
+    assert cfg.fwd.gemm and (cfg.fwd.block_b, cfg.fwd.block_h) == (16, 8) and not cfg.bwd.gemm
+    assert f"{bench.tile_spec(cfg.fwd)}_{bench.tile_spec(cfg.bwd)}" == impl[len("triton-t"):]
+    for bad in ("16.4.16.2", "16.4.16.2.4/16.16", "12.4.16.1.4/16.16.16.1.4", "gemm.16.8/16.16.16.1.4"):
         with pytest.raises(SystemExit, match="--tile"):
             bench.main(["--device", "cpu", "--configs", "", "--config", "2,3,4,20", "--tile", bad])

@@ -519,6 +519,54 @@ def test_half_precision_gates_are_stored_in_the_compute_dtype(mode):
     assert_follows_launch_contract(kernels, mode, T=3, B=5, H=20, half=True)
 
 
+def _gemm_tiles(fwd=(16, 4), bwd=(16, 16), other=None):
+    """A config whose forward and/or backward product runs as the library GEMM (``Tiles.gemm``), with
+    ``block_b x block_h`` gate-math tiles; ``other``: the fused tiles of a direction left fused."""
+    from urlstm_triton.kernels import TileConfig, Tiles
+
+    def tiles(blocks):
+        return Tiles(*blocks, 16, gemm=True) if blocks else (other or Tiles())
+
+    return TileConfig(fwd=tiles(fwd), bwd=tiles(bwd))
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["tied", "refine", "classic"])
+@pytest.mark.parametrize("B,H", [(3, 20), (17, 37)])
+@pytest.mark.parametrize("which", ["both", "fwd", "bwd"])
+def test_library_gemm_steps_follow_the_launch_contract(mode, B, H, which):
+    """``Tiles.gemm``: the step's product by ``torch.mm`` (fp32 out), the gate math by its own Triton kernel,
+    in one direction or both, beside the fused kernel in the other; ragged batch and hidden tiles; the whole
+    sequence, and two chunks joined by ``dz_next``; fp32 and fp16 (gates stored in fp16): float64 is the oracle."""
+    from urlstm_triton import kernels
+
+    if B == 17 and mode != 1:
+        pytest.skip("the ragged batch tile is mode-independent: the refine mode covers it")
+    cfg = _gemm_tiles(fwd=None if which == "bwd" else (16, 4), bwd=None if which == "fwd" else (16, 16))
+    assert_follows_launch_contract(kernels, mode, T=3, B=B, H=H, split=1, cfg=cfg)
+    if which == "both":
+        assert_follows_launch_contract(kernels, mode, T=3, B=B, H=H, split=1, cfg=cfg, half=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_library_gemm_every_gradient_through_the_backend(dtype):
+    """The library-GEMM steps through the whole backend: outputs, final states and every gradient against
+    float64, saved everything and chunked (``dz_next`` across chunk boundaries), gates in both dtypes."""
+    spec = parse_gate("UR")
+    ps = make_problem(spec, 5, 5, 6, 20, dtype)
+    assert_close(errors(spec, ps, dtype, config=_gemm_tiles(), kernel="step"), TOL[dtype])
+    assert_close(errors(spec, ps, dtype, config=_gemm_tiles(), kernel="step", chunk_size=2), TOL[dtype])
+
+
+def test_library_gemm_tiles_are_checked():
+    from urlstm_triton.kernels import Tiles
+
+    assert Tiles(32, 64, 16, gemm=True).gemm and not Tiles().gemm
+    with pytest.raises(ValueError, match="split_k must be 1"):
+        Tiles(32, 64, 16, 2, gemm=True)
+    with pytest.raises(ValueError, match="gemm must be True or False"):
+        Tiles(gemm="yes")
+
+
 @pytest.mark.cuda
 def test_cuda_accelerate_bf16_mixed_precision_trains():
     """Accelerate's mixed_precision='bf16' autocasts the forward: the kernels run in bf16, the fp32

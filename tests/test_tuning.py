@@ -20,7 +20,9 @@ def test_candidates_start_with_the_model_pick_and_are_distinct_and_valid(name, b
     model = pick_config(B, H, True, "tf32", elem_bytes=2)
     assert cands[0] == (model.bwd if backward else model.fwd)
     assert len(cands) == len(set(cands)) >= 2
-    for t in cands[1:]:
+    assert [t for t in cands if t.gemm] == [cands[-1]]  # 16-bit operands: the library-GEMM step, last
+    assert not any(t.gemm for t in tuning_candidates(B, H, 4, 4, 4, backward))  # fp32: its precision is torch's
+    for t in cands[1:-1]:
         TileConfig(fwd=t if not backward else Tiles(), bwd=t if backward else Tiles())  # valid tiles
         width = t.block_h if backward else 4 * t.block_h
         assert width >= 64  # the MMA is at least 64 wide at these sizes
@@ -56,7 +58,8 @@ def test_fastest_takes_the_minimum_and_reports_failures():
     assert tuning.fastest([a, b, c], timer, report, "fwd") is b
     assert [row[1] for row in report["fwd_us"]] == [3.0, 1.0]
     assert report["failed"] == ["fwd {'block_b': 64, 'block_h': 16, 'block_k': 32, 'split_k': 1, 'num_warps': 4, "
-                                "'num_stages': 3, 'epi_h': 16}: RuntimeError: out of resources: shared memory"]
+                                "'num_stages': 3, 'epi_h': 16, 'gemm': False}: RuntimeError: out of resources: shared "
+                                "memory"]
     assert tuning.fastest([c], timer, {}, "bwd") is None
 
 
@@ -96,6 +99,23 @@ def test_tuned_once_per_size_then_from_memory_then_from_disk(fake_gpu):
     assert (cache / tuning.CACHE_FILE).exists()
     _tuned(64, cache)  # another bucket
     assert calls == [(256, 1024), (64, 1024)]
+
+
+def test_the_cache_summary_names_the_choice_and_every_timed_candidate(fake_gpu, monkeypatch):
+    """What scripts/gpu_check.sh prints of the tuner's file: the choice per direction, each candidate's time
+    (fastest first, the library-GEMM step spelt gemm.BB.BH.WARPS) and what failed."""
+    calls, fwd, _, cache = fake_gpu
+    assert "no choices" in tuning.summarize_cache(cache)
+    gemm = Tiles(16, 64, 16, gemm=True)
+    timings = {"fwd_us": [[tuning._tiles_dict(fwd), 31.0]],
+               "bwd_us": [[tuning._tiles_dict(Tiles(64, 64, 64, 2)), 57.5], [tuning._tiles_dict(gemm), 24.25]],
+               "failed": ["bwd {...}: RuntimeError: out of resources"]}
+    monkeypatch.setattr(tuning, "measure", lambda *a: (fwd, gemm, timings))
+    assert _tuned(128, cache).bwd.gemm
+    text = tuning.summarize_cache(cache)
+    assert "chosen: fwd 64.16.64.1.4.16.4, bwd gemm.16.64.4" in text
+    assert "bwd us/step: gemm.16.64.4 24.2, 64.64.64.2.4.64.3 57.5" in text
+    assert "failed: bwd {...}: RuntimeError: out of resources" in text
 
 
 def test_a_new_triton_or_gpu_is_tuned_again(fake_gpu, monkeypatch):

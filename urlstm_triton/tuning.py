@@ -5,7 +5,8 @@ Why measure: on the first H200 runs (BENCHMARKS.md, 2026-11-29) the cost model's
 31 ms against 15 ms forward+backward), and the model's ranking of the sweep's tilings did not follow the
 hardware's (it has no term for the latency of a deep K loop). A short list of candidates covers what measured
 fastest there: ``step_plan.tuning_candidates`` (the model's pick, then the measured families fitted to the
-problem).
+problem), and for 16-bit operands the library-GEMM step (``Tiles.gemm``: the product by cuBLAS, the gate math
+by a Triton kernel), which may win where ``U`` streams from HBM every step.
 
 ``tiles="tuned"`` (the default, ``LayerOptions.tiles``): on the first call of a problem size on a CUDA GPU,
 each candidate of each direction runs ``STEPS`` steps of its launch helper on random inputs of the real size,
@@ -44,7 +45,7 @@ CACHE_FILE = "step_tiles.json"
 STEPS = 8
 MIN_WORK = 1 << 15  # batch x hidden below which the model's pick runs untimed: a step that small is launch-bound
 REPS = 5
-TILE_FIELDS = ("block_b", "block_h", "block_k", "split_k", "num_warps", "num_stages", "epi_h")
+TILE_FIELDS = ("block_b", "block_h", "block_k", "split_k", "num_warps", "num_stages", "epi_h", "gemm")
 
 _LOCK = threading.RLock()
 _MEMORY: Dict[str, Tuple[Tiles, Tiles]] = {}
@@ -204,6 +205,38 @@ def tuned_config(batch: int, hidden: int, mode: int, dtype: torch.dtype, gate_dt
     return _CHOSEN[signature]
 
 
+def tile_spec(t: Tiles) -> str:
+    """A short name of one direction's tiles: ``BB.BH.BK.SPLIT.WARPS.EPI.STAGES`` or ``gemm.BB.BH.WARPS`` (the
+    spelling of ``scripts/bench_kernels.py --tile``)."""
+    if t.gemm:
+        return f"gemm.{t.block_b}.{t.block_h}.{t.num_warps}"
+    return ".".join(str(v) for v in (t.block_b, t.block_h, t.block_k, t.split_k, t.num_warps, t.epi_h, t.num_stages))
+
+
+def summarize_cache(cache_dir=None) -> str:
+    """What the tuner chose and measured on this machine (its cache file), one block per problem: the chosen
+    tiles per direction and every candidate's microseconds per step, fastest first (``scripts/gpu_check.sh``
+    prints it)."""
+    from . import selfcheck
+
+    path = selfcheck.cache_directory(cache_dir) / CACHE_FILE
+    entries = selfcheck._load(path, _valid)
+    if not entries:
+        return f"tile tuner: no choices in {path}"
+    lines = [f"tile tuner: {len(entries)} choice(s) in {path}"]
+    for key, entry in sorted(entries.items()):
+        fwd, bwd = _from_entry(entry)
+        lines.append(f"{key}\n  chosen: fwd {tile_spec(fwd)}, bwd {tile_spec(bwd)}")
+        timings = entry.get("timings") or {}
+        for label in ("fwd", "bwd"):
+            rows = sorted((r for r in timings.get(f"{label}_us") or [] if _valid({"fwd": r[0], "bwd": r[0]})),
+                          key=lambda r: r[1])
+            shown = ", ".join(f"{tile_spec(Tiles(**r[0]))} {r[1]:.1f}" for r in rows)
+            lines.append(f"  {label} us/step: {shown or '-'}")
+        lines += [f"  failed: {f}" for f in timings.get("failed", [])]
+    return "\n".join(lines)
+
+
 def forget() -> None:
     """Drop the choices held in memory (the file stays) and the record of warnings given."""
     with _LOCK:
@@ -213,4 +246,5 @@ def forget() -> None:
 
 
 __all__ = ["tuned_config", "measure", "fastest", "time_launches", "bucket", "entry_key", "enabled", "forget",
+           "tile_spec", "summarize_cache",
            "TUNE_ENV", "CACHE_FILE"]
