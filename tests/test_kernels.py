@@ -557,6 +557,18 @@ def test_library_gemm_every_gradient_through_the_backend(dtype):
     assert_close(errors(spec, ps, dtype, config=_gemm_tiles(), kernel="step", chunk_size=2), TOL[dtype])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("opts", [{}, {"chunk_size": 5}, {"cuda_graph": True}], ids=["plain", "chunked", "graph"])
+def test_cuda_library_gemm_matches_float64(dtype, opts):
+    """On a GPU the library-GEMM step runs cuBLAS with an fp32 output (``torch.mm``'s ``out_dtype``), a path
+    the CPU tests cannot take: issue 3's bounds, plain, chunked and graph-replayed (cuBLAS under capture)."""
+    spec = parse_gate("UR")
+    ps = make_problem(spec, 12, 67, 40, 200, dtype, device="cuda", conditioned=True)
+    assert_close(errors(spec, ps, dtype, config=_gemm_tiles(fwd=(16, 64), bwd=(16, 64)), kernel="step", **opts),
+                 TOL[dtype])
+
+
 def test_library_gemm_tiles_are_checked():
     from urlstm_triton.kernels import Tiles
 
