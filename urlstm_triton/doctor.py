@@ -123,10 +123,13 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     # split reductions (fp32 partials summed by the last program of a tile), epilogues in sub-tiles, ragged
     split = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 8, 16, split_k=3, epi_h=4),
                                                     bwd=Tiles(16, 32, 16, split_k=2, epi_h=8))}
+    # the library-GEMM step (torch.mm with fp32 output, then the gate-math kernel): the tuner may pick it
+    gemm = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 16, 16, gemm=True), bwd=Tiles(16, 32, 16, gemm=True))}
     if not on_gpu:  # the interpreter: tiny; H=20 is two step-kernel tiles of 16 (the second ragged)
         tiny, chunks = Problem(3, 3, 5, 20), Problem(4, 2, 3, 20)
         return {
-            "step": [("ragged tiles", tiny, {"kernel": "step"}), ("split-K, sub-tiled epilogues", tiny, split)],
+            "step": [("ragged tiles", tiny, {"kernel": "step"}), ("split-K, sub-tiled epilogues", tiny, split),
+                     ("library GEMM + gate kernel", tiny, gemm)],
             "persistent": [("one hidden tile", tiny, {"kernel": "persistent", "config": planned})],
             "chunked": [("step kernels, chunks 3+1", chunks, {"kernel": "step", "chunk_size": 3}),
                         ("persistent kernels, chunks 3+1", chunks,
@@ -139,7 +142,7 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     return {
         "step": [("ragged tiles", odd, {"kernel": "step"}),
                  ("more programs than SMs", Problem(6, 130, 16, 16 * sm_count + 13), {"kernel": "step"}),
-                 ("split-K, sub-tiled epilogues", odd, split)],
+                 ("split-K, sub-tiled epilogues", odd, split), ("library GEMM + gate kernel", odd, gemm)],
         "persistent": [("planned tiles", many, {"kernel": "persistent", "config": planned}),
                        ("one program per SM, U streamed", Problem(8, 4, 8, full),
                         {"kernel": "persistent", "config": PersistentConfig(block_h=16, u_on_chip=False, **sync)}),
