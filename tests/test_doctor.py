@@ -143,9 +143,12 @@ def test_gpu_problems_are_what_their_names_say(dtype):
         assert planned.n_h > 1 and cases["planned tiles"][0].hidden % planned.block_h
         batch_tiles = plan(*cases["5 batch tiles, U streamed"], gates=gates)
         assert batch_tiles.n_b == 5 and not batch_tiles.u_on_chip
-    (_, odd, _), (_, many, _), (_, split_problem, split) = doctor.family_cases("step", True, 132)
+    (_, odd, _), (_, many, _), (_, split_problem, split), (_, gemm_problem, gemm) = \
+        doctor.family_cases("step", True, 132)
     assert split["config"].fwd.split_k > 1 and split["config"].bwd.split_k > 1
     assert split["config"].bwd.epi_h < split["config"].bwd.block_h  # the epilogue in sub-tiles
+    assert gemm["config"].fwd.gemm and gemm["config"].bwd.gemm  # the library-GEMM step, both directions
+    assert gemm_problem.hidden % gemm["config"].bwd.block_h and gemm_problem.batch % gemm["config"].fwd.block_b
     for problem in (odd, many):
         config = pick_config(problem.batch, problem.hidden, True, num_sms=132, elem_bytes=dtype.itemsize, gates=4)
         for t in (config.fwd, config.bwd):
