@@ -43,6 +43,7 @@ from torch import nn
 
 from urlstm_triton import URLSTM
 from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, named_configs, sync, time_fn
+from urlstm_triton.files import atomic_write
 from urlstm_triton.parity import one_line
 from urlstm_triton.reference import naive_recurrence
 from urlstm_triton.tuning import tile_spec
@@ -313,11 +314,7 @@ def render_table(results: List[Dict]) -> str:
 
 
 def write_json(path: str, report: Dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(report, indent=1), make_parents=True)
 
 
 def environment(device) -> Dict:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, ddp_launcher, load_ckpt, run_cli, run_inproc,
+                        steps_args, train_curve)
 
-from lm_helpers import (LM_SCRIPT, ROOT, assert_same_state, checkpoints, ddp_launcher, load_ckpt, run_cli,
-                        run_inproc, steps_args, train_curve)
+from urlstm_triton.errors import RunDirectoryInUse, StorageError
 from urlstm_triton.training import ConfigError, read_metrics
-from urlstm_triton.training.errors import RunDirectoryInUse, StorageError
 from urlstm_triton.training.runlock import OWNER_FILE
 
 STEPS = 8

@@ -10,7 +10,7 @@ import time
 import pytest
 from filelock import FileLock
 
-from urlstm_triton.training.errors import ConfigError, RunDirectoryInUse
+from urlstm_triton.errors import ConfigError, RunDirectoryInUse
 from urlstm_triton.training.runlock import LOCK_FILE, OWNER_FILE, RunLock
 
 LEASE = 1.2  # seconds; jobs use runlock.LEASE_S (30)

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from urlstm_triton.tasks import synthetic_job, vision_job
 from urlstm_triton.training import ConfigError, read_metrics
 
@@ -178,8 +178,8 @@ def test_a_run_stopped_by_the_nonfinite_guard_still_says_what_it_was(tmp_path, m
 
 
 def test_a_full_disk_is_the_error_reported_even_when_the_summary_cannot_be_completed(tmp_path, monkeypatch, caplog):
+    from urlstm_triton.errors import StorageError
     from urlstm_triton.tasks import run_summary
-    from urlstm_triton.training.errors import StorageError
 
     def no_space(path, summary):
         raise StorageError(f"cannot write {path}: No space left on device")

@@ -5,12 +5,10 @@ import io
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA
-from urlstm_triton.tasks.vision import (
-    CIFAR10, MNIST, DataError, PixelSequences, fixed_permutation, load_hub, load_vision_data, read_local,
-    split_train_test, vision_task,
-)
+
+from urlstm_triton.tasks.vision import (CIFAR10, MNIST, DataError, PixelSequences, fixed_permutation, load_hub,
+                                         load_vision_data, read_local, split_train_test, vision_task)
 
 MNIST_5K = DATA / "mnist-5k" / "mnist_5k.csv.gz"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from urlstm_triton.errors import StorageError
+from urlstm_triton.files import write_json_atomic
 from urlstm_triton.training import (CheckpointManager, ConfigError, CorruptCheckpoint, Faults, IncompatibleCheckpoint,
                                     NonFiniteError, NonFiniteGuard, lr_factor)
-from urlstm_triton.training.errors import StorageError
-from urlstm_triton.training.files import write_json_atomic
 
 
 class Counter:

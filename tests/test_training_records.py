@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from urlstm_triton.errors import StorageError
 from urlstm_triton.training import MetricsLog, read_metrics
-from urlstm_triton.training.errors import StorageError
 
 
 def test_non_finite_values_are_null_with_a_flag_and_read_back_as_floats(tmp_path):

@@ -325,9 +325,9 @@ def failures(report: Dict) -> List[str]:
 
 def _write(path: Optional[str], report: Dict) -> None:
     if path:
-        from .selfcheck import atomic_write
+        from .files import atomic_write
 
-        atomic_write(path, json.dumps(report, indent=1, default=str))
+        atomic_write(path, json.dumps(report, indent=1, default=str), make_parents=True)
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import threading
 import time
 import warnings
@@ -34,6 +33,7 @@ import filelock
 import torch
 import triton
 
+from .files import atomic_write
 from .kernels import common as _common
 
 CACHE_ENV = "URLSTM_CACHE_DIR"
@@ -145,23 +145,6 @@ def run_checks(device, mode: int, dtype: torch.dtype) -> str:
 # ------------------------------------------------------------------------------------------------- cache
 
 
-def atomic_write(path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part: a temporary
-    file in the same directory, flushed to disk, then renamed over ``path``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _is_verdict(entry) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("passed"), bool) and isinstance(entry.get("reason"), str)
 
@@ -187,7 +170,8 @@ def _store(path: pathlib.Path, key: str, entry: dict, valid=_is_verdict) -> None
         with filelock.FileLock(str(path) + ".lock", timeout=30):
             entries = _load(path, valid)
             entries[key] = entry
-            atomic_write(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True))
+            atomic_write(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True),
+                         make_parents=True)
     except (OSError, filelock.Timeout):
         pass
 

@@ -18,7 +18,7 @@ from typing import Iterator, Tuple
 import numpy as np
 import torch
 
-from ..training.errors import ConfigError
+from ..errors import ConfigError
 
 
 def rank_rows(n_rows: int, rank: int, world: int) -> Tuple[int, int]:

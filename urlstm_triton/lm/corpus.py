@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from ..training.errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger("urlstm_triton.lm")
 SPLITS = ("train", "valid", "test")
@@ -59,8 +59,9 @@ def _holdout(rows: List[str], frac: float, missing: List[str]) -> Dict[str, List
 
 
 def _pydoc(cfg) -> Corpus:
-    import datasets
     from pydoc_data.topics import topics
+
+    import datasets
 
     texts = [topics[k] for k in sorted(topics)]
     rows = "\n".join(texts).split("\n")

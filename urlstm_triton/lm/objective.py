@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..training.errors import ConfigError
+from ..errors import ConfigError
 from ..training.objective import Objective
 from .batching import TrainStream, eval_windows
 from .config import check_batch_split

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import DataError
 from ..training.checkpoint import CheckpointManager, load_model_weights, newest_verified
-from ..training.errors import DataError
 from .config import ModelConfig
 from .model import LanguageModel, build_model
 

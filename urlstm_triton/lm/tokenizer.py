@@ -17,8 +17,8 @@ import random
 import shutil
 from pathlib import Path
 
-from ..training.errors import ConfigError, DataError
-from ..training.files import sha256_file, write_json_atomic
+from ..errors import ConfigError, DataError
+from ..files import sha256_file, write_json_atomic
 
 log = logging.getLogger("urlstm_triton.lm")
 

@@ -23,8 +23,8 @@ from typing import Dict
 
 import numpy as np
 
-from ..training.errors import DataError
-from ..training.files import write_json_atomic
+from ..errors import DataError
+from ..files import write_json_atomic
 from .corpus import SPLITS, default_num_proc
 
 log = logging.getLogger("urlstm_triton.lm")

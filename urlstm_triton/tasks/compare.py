@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..errors import SummaryError
 from ..gates import ALL_VARIANTS, parse_gate
 from ..training.records import read_metrics
 from .run_summary import HIGHER_IS_BETTER, best_metrics, eval_history
@@ -71,10 +72,6 @@ def first_step_reaching(history: List[Dict[str, Any]], metric: str, target: floa
         if isinstance(v, (int, float)) and (v >= target if metric in HIGHER_IS_BETTER else v <= target):
             return int(row["step"])
     return None
-
-
-class SummaryError(ValueError):
-    """A summary file that is missing, unreadable or not a validation-task summary; names the file."""
 
 
 def find_summaries(paths: Iterable) -> List[Path]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from ..errors import ConfigError
 from ..training.config import opt, optional
-from ..training.errors import ConfigError
 from ..training.recurrent import RecurrentConfig
 from ..training.sections import RunConfig, TrainConfig
 from .models import READOUTS

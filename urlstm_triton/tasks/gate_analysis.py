@@ -20,17 +20,13 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, GateAnalysisError
 from ..gates import parse_gate
 from ..reference import cell_update, forget_gates
 from ..training.checkpoint import load_model_weights, newest_verified
 from ..training.config import config_from_dict
-from ..training.errors import ConfigError
 
 _JOBS = ("synthetic", "vision")
-
-
-class GateAnalysisError(ValueError):
-    """A run directory that cannot be analysed (no config, no checkpoint, an LM run); names the directory."""
 
 
 def _first_layer(rnn: nn.Module):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..training.errors import StorageError
+from ..errors import StorageError
 from ..training.records import read_metrics, write_summary
 
 log = logging.getLogger("urlstm_triton.training")

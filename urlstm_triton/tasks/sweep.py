@@ -27,13 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..errors import SweepError
 from ..training.recurrent import check_variant
 
 JOBS = ("synthetic", "vision", "lm")
-
-
-class SweepError(ValueError):
-    """A sweep file that cannot be read or does not describe a grid; names the file and the field."""
 
 
 @dataclass

@@ -32,19 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..training.session import DataError as TrainingDataError
+from ..errors import DataError, DataFileNotFound
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-class DataError(TrainingDataError):
-    """A data file that cannot be used: the message names the file and what is wrong with it.
-
-    A ``ValueError``; trainers' ``run_main`` turns it into one line on stderr and exit status 2."""
-
-
-class DataFileNotFound(DataError, FileNotFoundError):
-    """The data file does not exist where it was looked for."""
 
 
 @dataclass(frozen=True)

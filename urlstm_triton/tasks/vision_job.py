@@ -22,10 +22,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..files import write_json_atomic
 from ..training import ConfigError, Objective, RunSession, Trainer, read_config
-from ..training.sections import launched_world_size
-from ..training.files import write_json_atomic
 from ..training.recurrent import build_recurrent
+from ..training.sections import launched_world_size
 from .config import VISION_PRESETS, VisionJobConfig
 from .models import SequenceClassifier
 from .run_summary import complete_summary

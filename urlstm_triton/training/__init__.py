@@ -18,14 +18,15 @@ and wraps ``main`` in ``run_main`` for clean error exits. ``MyJobConfig`` is a d
   compatibility check, retention;
 - runlock: one job per run directory (an OS lock and an owner lease, taken by the session);
 - trainer: the loop (accumulation, clipping, mixed precision, non-finite guard, evaluation, logs, summary);
-- errors, files: every exception raised on purpose; checksums, fsync and atomic JSON;
+- the package's ``urlstm_triton.errors`` and ``urlstm_triton.files`` (shared with the LM, the tasks and the kernel
+  caches): every exception raised on purpose (re-exported here); checksums, fsync and atomic writes;
 - guard, signals, faults, schedule, records: the non-finite guard, SIGINT/SIGTERM stop and the launcher watch,
   fault injection for tests (``URLSTM_FAULTS``), warmup + cosine schedule, metrics log and JSON summary.
 """
+from ..errors import (ConfigError, CorruptCheckpoint, DataError, IncompatibleCheckpoint, NonFiniteError,
+                      RunDirectoryInUse, StorageError, TrainingInterrupted)
 from .checkpoint import CheckpointManager
 from .config import config_hash, config_to_dict, hashed_fields, opt, optional, parse_config, read_config
-from .errors import (ConfigError, CorruptCheckpoint, DataError, IncompatibleCheckpoint, NonFiniteError,
-                     RunDirectoryInUse, StorageError, TrainingInterrupted)
 from .faults import Faults
 from .guard import NonFiniteGuard
 from .objective import Objective

@@ -36,9 +36,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..errors import ConfigError, CorruptCheckpoint, IncompatibleCheckpoint, StorageError
+from ..files import fsync_dir, fsync_file, remove_path, save_torch, sha256_file
 from .config import diff_hashed
-from .errors import ConfigError, CorruptCheckpoint, IncompatibleCheckpoint, StorageError
-from .files import fsync_dir, fsync_file, remove_path, save_torch, sha256_file
 
 FORMAT_VERSION = 2  # 2: accelerator.save_state layout; 1 (our own model.pt/trainer.pt) is no longer read
 MODEL_FILE = "model.safetensors"  # accelerate's name for the first prepared model's weights

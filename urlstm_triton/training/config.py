@@ -28,7 +28,7 @@ import sys
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _DEST = "cfg"
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+(e-?\d+)?$")  # a value, not an option (argparse's own rule)

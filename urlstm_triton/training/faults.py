@@ -21,7 +21,7 @@ import os
 import signal
 from typing import Dict, Set
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ENV = "URLSTM_FAULTS"
 KINDS = ("nan_loss", "kill", "kill_in_save", "sigterm", "sigint", "error", "enospc")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .errors import NonFiniteError
+from ..errors import NonFiniteError
 
 
 class NonFiniteGuard:

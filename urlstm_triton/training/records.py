@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .errors import StorageError
-from .files import finite_json, remove_path, write_json_atomic
+from ..errors import StorageError
+from ..files import finite_json, remove_path, write_json_atomic
 
 log = logging.getLogger("urlstm_triton.training")
 NONFINITE = "nonfinite"

@@ -16,11 +16,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..gates import ALL_VARIANTS, parse_gate
 from ..layer import URLSTM
 from ..options import Backend, ChunkSize, Kernel, LayerOptions, parse_chunk_size
 from .config import opt, optional
-from .errors import ConfigError
 
 NN_LSTM = "lstm"  # torch.nn.LSTM
 CLASSIC = "classic"  # URLSTM(gate="lstm")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError, RunDirectoryInUse
+from ..errors import ConfigError, RunDirectoryInUse
 
 log = logging.getLogger("urlstm_triton.training")
 

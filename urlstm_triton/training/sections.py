@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import ConfigError
 from .config import opt
-from .errors import ConfigError
 
 
 def launched_world_size() -> int:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError, DataError, NonFiniteError, StorageError, TrainingInterrupted
+from ..files import write_json_atomic
 from .config import config_hash, config_to_dict, format_config, hashed_fields
-from .errors import ConfigError, DataError, NonFiniteError, StorageError, TrainingInterrupted
 from .faults import Faults
-from .files import write_json_atomic
 from .runlock import RunLock
 from .signals import launcher_pid
 

@@ -30,10 +30,10 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..errors import (ConfigError, CorruptCheckpoint, NonFiniteError, RunDirectoryInUse, StorageError,
+                       TrainingInterrupted)
 from .checkpoint import CheckpointManager
 from .config import config_to_dict
-from .errors import (ConfigError, CorruptCheckpoint, NonFiniteError, RunDirectoryInUse, StorageError,
-                     TrainingInterrupted)
 from .guard import NonFiniteGuard
 from .objective import Objective
 from .records import MetricsLog, write_summary

@@ -1,4 +1,5 @@
-"""File helpers for writing that survives a crash: checksums, fsync, and JSON replaced atomically."""
+"""File helpers for writing that survives a crash, for the whole package (training runs, data caches, the kernel
+self-check and tile caches, reports): checksums, fsync, and files replaced atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +62,29 @@ def remove_path(path) -> None:
             pass
 
 
-def write_json_atomic(obj: Any, path) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename (readers never see half a file). Non-finite
-    floats are written as ``null`` (``NaN`` is not JSON; see records.py for how metrics rows flag them). A failed
-    write (disk full) removes the temporary file and raises the ``OSError``."""
+def atomic_write(path, text: str, make_parents: bool = False) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part: a temporary
+    file in the same directory, flushed to disk, then renamed over ``path``. A failed write (disk full) removes
+    the temporary file and raises the ``OSError``. ``make_parents``: create missing parent directories first."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "w") as fh:
-            json.dump(finite_json(obj), fh, indent=2, default=str, allow_nan=False)
-            fh.write("\n")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         remove_path(tmp)
         raise
+
+
+def write_json_atomic(obj: Any, path) -> None:
+    """JSON to ``path`` by :func:`atomic_write`. Non-finite floats are written as ``null`` (``NaN`` is not JSON;
+    see training/records.py for how metrics rows flag them)."""
+    atomic_write(path, json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def finite_json(obj: Any) -> Any:

@@ -1,6 +1,8 @@
-"""Every exception the training machinery raises on purpose, in one place. ``run_main`` (session.py) turns each
-into one line on stderr and an exit status: 2 for ``ConfigError``/``DataError``/``StorageError`` (and their
-subclasses), 3 for ``NonFiniteError``, 128+N for ``TrainingInterrupted`` by signal N."""
+"""Every exception the package raises on purpose, in one place: the training machinery's, the LM's and the
+validation tasks' (data, summaries, sweeps, gate analysis). The trainers' ``run_main`` (training/session.py) turns
+each into one line on stderr and an exit status: 2 for ``ConfigError``/``DataError``/``StorageError`` (and their
+subclasses), 3 for ``NonFiniteError``, 128+N for ``TrainingInterrupted`` by signal N; the tools
+(``scripts/compare.py``, ``sweep.py``, ``gate_analysis.py``) print theirs in one line and exit 2."""
 from __future__ import annotations
 
 import signal
@@ -12,7 +14,12 @@ class ConfigError(ValueError):
 
 
 class DataError(ValueError):
-    """Bad input data: missing or empty corpus, stale cache, token ids beyond the vocabulary. Names the file."""
+    """Bad input data: missing or empty corpus, stale cache, token ids beyond the vocabulary, a data file of the
+    vision tasks that cannot be used. Names the file and what is wrong with it."""
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """A data file does not exist where it was looked for."""
 
 
 class RunDirectoryInUse(ConfigError):
@@ -44,3 +51,15 @@ class TrainingInterrupted(Exception):
         self.checkpoint = checkpoint
         cause = cause or f"stopped by {signal.Signals(signum).name}"
         super().__init__(f"{cause}; checkpoint saved at {checkpoint} (continue with --resume)")
+
+
+class SummaryError(ValueError):
+    """A summary file that is missing, unreadable or not a validation-task summary; names the file."""
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be read or does not describe a grid; names the file and the field."""
+
+
+class GateAnalysisError(ValueError):
+    """A run directory that cannot be analysed (no config, no checkpoint, an LM run); names the directory."""
