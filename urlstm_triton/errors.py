@@ -63,3 +63,8 @@ class SweepError(ValueError):
 
 class GateAnalysisError(ValueError):
     """A run directory that cannot be analysed (no config, no checkpoint, an LM run); names the directory."""
+
+
+class Inconclusive(Exception):
+    """The persistent kernels' self-check (selfcheck.py) could not run to a verdict for a passing reason (the GPU's
+    memory was full): its result is not stored on disk. Caught there, never raised to the caller."""

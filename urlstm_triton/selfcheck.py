@@ -33,6 +33,7 @@ import filelock
 import torch
 import triton
 
+from .errors import Inconclusive
 from .files import atomic_write
 from .kernels import common as _common
 
@@ -43,11 +44,6 @@ MODE_NAMES = {_common.MODE_TIED: "tied", _common.MODE_REFINE: "refine", _common.
 # A deadlocked barrier gives up after this many spins (~1 us each), so a broken grid fails the check in about a
 # second instead of the kernels' default of several seconds per launch.
 CHECK_MAX_SPINS = 1 << 20
-
-
-class Inconclusive(Exception):
-    """The check could not run to a verdict for a passing reason (the GPU's memory was full): its result is not
-    stored on disk."""
 
 
 @dataclass(frozen=True)
