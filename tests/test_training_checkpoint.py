@@ -3,6 +3,7 @@ import errno
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -279,7 +280,8 @@ def test_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", full)
+    monkeypatch.setattr(os, "fsync", full)  # the bytes do not reach the disk
     with pytest.raises(OSError):
         write_json_atomic({"a": 1}, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no .summary.json.tmp* left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no .summary.json.*.tmp left
+    assert json.loads(path.read_text())["loss"] is None  # the old file, whole
