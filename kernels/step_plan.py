@@ -37,10 +37,39 @@ def _k_slice(length: int, split: int, block_k: int) -> int:
     return min(length, math.ceil(math.ceil(length / split) / block_k) * block_k)
 
 
+def library_gemm_estimate(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
+                          machine: Machine = H200) -> LaunchEstimate:
+    """One library-GEMM step (``Tiles.gemm``) under the cost model: the product at the library's roofline (the
+    large-GEMM rate, or ``U`` streamed from HBM when it does not fit in L2, else from L2, plus the other operand
+    and the fp32 output through L2), then the gate-math kernel's streams (the fused epilogue's, plus the fp32
+    product read back from L2), and two launches' gaps and latencies. It assumes the library reaches that
+    roofline at this shape (a skinny GEMM, ``batch`` rows): a bound on how fast the step can be, not a
+    prediction of cuBLAS's tiling."""
+    gh = gates * hidden
+    m, n, k = (batch, hidden, gh) if backward else (batch, gh, hidden)
+    u_bytes = gh * hidden * elem
+    u_rate = machine.hbm_bytes_per_s if u_from_hbm(machine, u_bytes) else machine.l2_bytes_per_s
+    product = max(2.0 * m * n * k / machine.gemm_flops_per_s,
+                  u_bytes / u_rate + (m * k * elem + m * n * 4) / machine.l2_bytes_per_s)
+    units = batch * hidden
+    if backward:  # d_out, gates, c_t, c_{t-1} in, dz out (HBM); dh (fp32) and dc read and written (L2)
+        hbm, l2 = units * (elem + gates * gate_elem + 8 + gates * elem), units * 12
+    else:  # xproj in, h, c, gates out (HBM); the fp32 product and c_{t-1} (L2)
+        hbm, l2 = units * (gates * elem + elem + 4 + gates * gate_elem), units * (gates * 4 + 4)
+    gate_math = max(hbm / machine.hbm_bytes_per_s, (hbm + l2) / machine.l2_bytes_per_s)
+    overhead = 2 * (machine.launch_gap_s + machine.latency_s)
+    return LaunchEstimate(overhead + product + gate_math,
+                          {"gap": 2 * machine.launch_gap_s, "latency": 2 * machine.latency_s, "main": product,
+                           "epilogue": gate_math})
+
+
 def forward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: int, gate_elem: int,
                      precision: str = "tf32", machine: Machine = H200, regs: int = PLANNER_REGS,
                      smem: Optional[int] = None) -> LaunchEstimate:
-    """One forward step launch (``kernels/recurrence_fwd.py``) under the cost model."""
+    """One forward step launch (``kernels/recurrence_fwd.py``) under the cost model (both launches of a
+    library-GEMM step: :func:`library_gemm_estimate`)."""
+    if tiles.gemm:
+        return library_gemm_estimate(batch, hidden, gates, elem, gate_elem, False, machine)
     bb, bh, s = tiles.block_b, tiles.block_h, tiles.split_k
     n_b, n_h = math.ceil(batch / bb), math.ceil(hidden / bh)
     k = _k_slice(hidden, s, tiles.block_k)
@@ -66,7 +95,10 @@ def forward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: in
 def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: int, gate_elem: int,
                       precision: str = "tf32", machine: Machine = H200, regs: int = PLANNER_REGS,
                       smem: Optional[int] = None) -> LaunchEstimate:
-    """One backward step launch (``kernels/recurrence_bwd.py``) under the cost model."""
+    """One backward step launch (``kernels/recurrence_bwd.py``) under the cost model (both launches of a
+    library-GEMM step: :func:`library_gemm_estimate`)."""
+    if tiles.gemm:
+        return library_gemm_estimate(batch, hidden, gates, elem, gate_elem, True, machine)
     bb, bh, s = tiles.block_b, tiles.block_h, tiles.split_k
     gh = gates * hidden
     n_b, n_h = math.ceil(batch / bb), math.ceil(hidden / bh)

@@ -281,7 +281,11 @@ def report(configs: Dict[str, tuple], dtypes: List[str], arch: Arch, families: L
                         config = K.TileConfig(fwd=model.fwd if backward else tiles,
                                               bwd=tiles if backward else model.bwd, dot_precision=model.dot_precision)
                         launch = step_launches(B, H, m, dtype, config)[f"step-{direction}"]
-                        rows.append(_row(f"cand-{direction}", name, dname, arch, launch, _tiles_str(tiles), None))
+                        row = _row(f"cand-{direction}", name, dname, arch, launch, _tiles_str(tiles), None)
+                        # the whole config with this candidate in its direction, the model's pick in the other
+                        est = step_estimate_ms(dims, G, config, elem, precision, arch.machine,
+                                               {f"step-{direction}": row} if row.get("registers") else None)
+                        rows.append({**row, "est_ms_fwd_bwd": round(est, 2)})
             if "persistent" in families:
                 plan = P.plan_persistent(B, H, G, dtype, arch.limits)
                 reason = P.coresidency_reason(plan, arch.limits, T)

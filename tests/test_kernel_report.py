@@ -96,6 +96,37 @@ def test_roofline_estimate_meets_the_lm_seed_target(bf16_report):
     assert est <= 12.0
 
 
+def test_every_candidate_row_has_an_estimate_of_its_whole_config(bf16_report):
+    """Candidate rows carry the estimate of the config with that candidate in its direction (the model's pick in
+    the other); the library-GEMM step's rows are there, one per config and direction."""
+    _, report = bf16_report
+    candidates = [r for r in report["rows"] if r["kernel"].startswith("cand-")]
+    assert all(r["est_ms_fwd_bwd"] > 0 for r in candidates)
+    gemm = {(r["kernel"], r["config"]) for r in candidates if r["tiles"].startswith("library GEMM")}
+    assert gemm == {(k, c) for k in ("cand-fwd", "cand-bwd") for c in ("lm-seed", "lm-1k", "smnist", "adding",
+                                                                      "big-batch")}
+
+
+def test_library_gemm_step_estimate_is_bounded_by_streaming_u():
+    """The library-GEMM step's estimate: never faster than streaming U (from HBM where it does not fit in L2,
+    as lm-seed's 75 MB; from L2 otherwise) plus two launches; forward and backward estimates dispatch to it."""
+    from urlstm_triton.kernels import Tiles
+    from urlstm_triton.kernels.cost_model import H200
+    from urlstm_triton.kernels.step_plan import backward_estimate, forward_estimate, library_gemm_estimate
+
+    gemm = Tiles(16, 64, 16, gemm=True)
+    for B, H, rate in ((128, 3072, H200.hbm_bytes_per_s), (256, 1024, H200.l2_bytes_per_s)):
+        u = 4 * H * H * 2
+        floor = u / rate + 2 * (H200.launch_gap_s + H200.latency_s)
+        for backward, estimate in ((False, forward_estimate), (True, backward_estimate)):
+            e = library_gemm_estimate(B, H, 4, 2, 2, backward)
+            assert e.seconds > floor and e.parts["main"] >= u / rate
+            assert estimate(B, H, 4, gemm, 2, 2).seconds == e.seconds
+    # more rows cost more gate math and GEMM output, never less
+    small, large = (library_gemm_estimate(B, 1024, 4, 2, 2, True).seconds for B in (64, 512))
+    assert large > small
+
+
 def test_report_rejects_bad_arguments(tmp_path):
     for args, msg in ((["--dtypes", "fp8"], "--dtypes"), (["--configs", "huge"], "--configs"),
                       (["--families", "fast"], "--families"), (["--arch", "75"], "--arch")):
