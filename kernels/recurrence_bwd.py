@@ -142,6 +142,8 @@ def backward_sequence(
     if tiles.gemm:  # per step: dh = dz_{t+1} U (library GEMM, fp32 out), then the gate derivatives
         dh = torch.empty(batch, hidden, dtype=torch.float32, device=d_out.device)
         grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))
+        meta = dict(MODE=mode, G=num_gates(mode), BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h,
+                    num_warps=tiles.num_warps)
         for t in range(steps - 1, -1, -1):
             last = t == steps - 1
             if last and dz_next is None:
@@ -149,8 +151,7 @@ def backward_sequence(
             else:
                 product_fp32(dz_next if last else dzs[t + 1], w_hh, dh)
                 dh_t = dh
-            _bwd_gates_kernel[grid](dh_t, d_out, dzs, gates, cs, dc, t, batch, hidden, MODE=mode, G=num_gates(mode),
-                                    BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, num_warps=tiles.num_warps)
+            _bwd_gates_kernel[grid](dh_t, d_out, dzs, gates, cs, dc, t, batch, hidden, **meta)
         return
     direct = tiles.split_k == 1 and tiles.epi_h == tiles.block_h
     grid = backward_grid(batch, hidden, tiles)

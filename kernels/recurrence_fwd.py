@@ -132,12 +132,13 @@ def forward_sequence(
     gates_arg = gates if save else cs  # any pointer: never written when SAVE_GATES is False
     if tiles.gemm:  # per step: z = h_{t-1} U^T (library GEMM, fp32 out), then the gate math
         z = torch.empty(batch, gh, dtype=torch.float32, device=xproj.device)
+        u_t = w_hh.t()
         grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))
+        meta = dict(MODE=mode, G=num_gates(mode), SAVE_GATES=save, BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h,
+                    num_warps=tiles.num_warps)
         for t in range(steps):
-            product_fp32(hs[t], w_hh.t(), z)
-            _fwd_gates_kernel[grid](z, xproj, hs, cs, gates_arg, t, batch, hidden, MODE=mode, G=num_gates(mode),
-                                    SAVE_GATES=save, BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h,
-                                    num_warps=tiles.num_warps)
+            product_fp32(hs[t], u_t, z)
+            _fwd_gates_kernel[grid](z, xproj, hs, cs, gates_arg, t, batch, hidden, **meta)
         return
     grid = forward_grid(batch, hidden, tiles)
     direct = tiles.split_k == 1 and tiles.epi_h == tiles.block_h

@@ -145,9 +145,6 @@ def parse_tiles(spec: str):
                          f"(powers of two, blocks >= 16), got {spec!r}: {e}") from None
 
 
-
-
-
 SWEEP_K_STAGES = ((32, 3), (64, 3), (64, 4), (128, 3))  # what the cost model cannot rank: load pipelining depth
 
 

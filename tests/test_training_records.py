@@ -70,10 +70,14 @@ def test_a_failed_write_names_the_file(tmp_path):
     log.close()
 
 
-def test_a_log_that_cannot_be_rewritten_keeps_the_error(tmp_path):
-    (tmp_path / "metrics.jsonl.tmp").mkdir()  # the temporary file cannot be created
+def test_a_log_that_cannot_be_rewritten_keeps_the_error(tmp_path, monkeypatch):
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full_disk)  # the rewrite's temporary file cannot reach the disk
     log = MetricsLog(tmp_path / "metrics.jsonl", keep_until_step=0)
     log.write({"step": 1, "loss": 1.0})
-    with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl: Is a directory"):
+    with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl: No space left on device"):
         log.check()
     log.close()
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

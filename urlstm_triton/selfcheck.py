@@ -166,8 +166,7 @@ def _store(path: pathlib.Path, key: str, entry: dict, valid=_is_verdict) -> None
         with filelock.FileLock(str(path) + ".lock", timeout=30):
             entries = _load(path, valid)
             entries[key] = entry
-            atomic_write(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True),
-                         make_parents=True)
+            atomic_write(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True))
     except (OSError, filelock.Timeout):
         pass
 

@@ -228,10 +228,9 @@ def summarize_cache(cache_dir=None) -> str:
         fwd, bwd = _from_entry(entry)
         lines.append(f"{key}\n  chosen: fwd {tile_spec(fwd)}, bwd {tile_spec(bwd)}")
         timings = entry.get("timings") or {}
-        for label in ("fwd", "bwd"):
-            rows = sorted((r for r in timings.get(f"{label}_us") or [] if _valid({"fwd": r[0], "bwd": r[0]})),
-                          key=lambda r: r[1])
-            shown = ", ".join(f"{tile_spec(Tiles(**r[0]))} {r[1]:.1f}" for r in rows)
+        for label in ("fwd", "bwd"):  # rows of [tiles as a dict, us per step], as measure() wrote them
+            rows = sorted(timings.get(f"{label}_us") or [], key=lambda r: r[1])
+            shown = ", ".join(f"{tile_spec(Tiles(**tiles))} {us:.1f}" for tiles, us in rows)
             lines.append(f"  {label} us/step: {shown or '-'}")
         lines += [f"  failed: {f}" for f in timings.get("failed", [])]
     return "\n".join(lines)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import StorageError
-from ..files import finite_json, remove_path, write_json_atomic
+from ..files import atomic_write, finite_json, write_json_atomic
 
 log = logging.getLogger("urlstm_triton.training")
 NONFINITE = "nonfinite"
@@ -100,15 +99,10 @@ class MetricsLog:
     def _rewrite(self, rows: List[Dict[str, Any]]) -> None:
         if self._fh is not None:
             self._fh.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with open(tmp, "w") as fh:
-                for r in rows:
-                    fh.write(encode_row(r) + "\n")
-            os.replace(tmp, self.path)
+            atomic_write(self.path, "".join(encode_row(r) + "\n" for r in rows))
             self._fh = open(self.path, "a")
         except OSError as e:
-            remove_path(tmp)
             raise StorageError(f"cannot write {self.path}: {e.strerror or e}") from e
 
     def write(self, row: Dict[str, Any]) -> None:
