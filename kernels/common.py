@@ -109,11 +109,26 @@ def dot_precision(config: TileConfig, dtype) -> str:
     return config.dot_precision if str(dtype) == "torch.float32" else "tf32"
 
 
+def library_gemm_fp32_out() -> bool:
+    """Whether this torch has ``torch.mm``'s ``out_dtype`` (the ``aten::mm.dtype_out`` overload, added in torch
+    2.8): cuBLAS products of 16-bit operands with an fp32 output, which the library-GEMM step (``Tiles.gemm``)
+    needs for 16-bit operands. Without it the tuner does not offer that step and the doctor skips its check."""
+    return "dtype_out" in torch.ops.aten.mm.overloads()
+
+
+def check_library_gemm(operand: torch.Tensor) -> None:
+    """Raise before any launch when ``Tiles.gemm`` cannot run on ``operand``'s dtype and device with this torch."""
+    if operand.device.type != "cpu" and operand.dtype != torch.float32 and not library_gemm_fp32_out():
+        raise RuntimeError(
+            f"Tiles(gemm=True) with {operand.dtype} operands needs torch.mm's out_dtype (torch >= 2.8) for an fp32 "
+            f"product; torch {torch.__version__} lacks it: use the fused tiles (gemm=False) or a newer torch")
+
+
 def product_fp32(a, b, out) -> None:
     """``out = a @ b`` in fp32 (``out`` an fp32 ``(m, n)`` tensor): for 16-bit ``a``/``b`` on a GPU, cuBLAS with
     fp32 accumulation *and* output (``torch.mm``'s ``out_dtype``), so the product is not rounded to 16 bits
     before the gate math; fp32 operands, and the CPU (the interpreter's tests), in fp32. The library GEMM of
-    ``Tiles.gemm``."""
+    ``Tiles.gemm`` (callers check :func:`check_library_gemm` first)."""
     if a.dtype == torch.float32 and b.dtype == torch.float32:
         torch.mm(a, b, out=out)
     elif a.device.type == "cpu":

@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TileConfig, Tiles, arrive, backward_epilogue, dot_precision, num_gates, product_fp32, split_range
+from .common import (TileConfig, Tiles, arrive, backward_epilogue, check_library_gemm, dot_precision, num_gates,
+                     product_fp32, split_range)
 
 
 @triton.jit(do_not_specialize=["t", "tn"])
@@ -140,6 +141,7 @@ def backward_sequence(
         return
     tiles = config.bwd
     if tiles.gemm:  # per step: dh = dz_{t+1} U (library GEMM, fp32 out), then the gate derivatives
+        check_library_gemm(w_hh)
         dh = torch.empty(batch, hidden, dtype=torch.float32, device=d_out.device)
         grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))
         meta = dict(MODE=mode, G=num_gates(mode), BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h,

@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, dot_precision,
-                     forward_cell_store, forward_epilogue, load_gate_blocks, num_gates, product_fp32, split_range)
+from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, check_library_gemm,
+                     dot_precision, forward_cell_store, forward_epilogue, load_gate_blocks, num_gates, product_fp32,
+                     split_range)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -131,6 +132,7 @@ def forward_sequence(
     tiles = config.fwd
     gates_arg = gates if save else cs  # any pointer: never written when SAVE_GATES is False
     if tiles.gemm:  # per step: z = h_{t-1} U^T (library GEMM, fp32 out), then the gate math
+        check_library_gemm(w_hh)
         z = torch.empty(batch, gh, dtype=torch.float32, device=xproj.device)
         u_t = w_hh.t()
         grid = (triton.cdiv(batch, tiles.block_b), triton.cdiv(hidden, tiles.block_h))

@@ -19,7 +19,7 @@ import functools
 import math
 from typing import Iterator, List, Optional
 
-from .common import TileConfig, Tiles
+from .common import TileConfig, Tiles, library_gemm_fp32_out
 from .cost_model import H200, LaunchEstimate, Machine, ctas_per_sm, gemm_launch, u_from_hbm
 
 MAX_ACC_PER_THREAD = 64   # fp32 accumulator values per thread during the reduction
@@ -213,7 +213,8 @@ def tuning_candidates(batch: int, hidden: int, gates: int, elem: int, gate_elem:
     """What ``urlstm_triton.tuning`` times for one direction: the model's pick first, then the measured
     families (``TUNE_FWD``/``TUNE_BWD``) fitted to the problem (blocks no larger than it needs, the smallest
     split that fills the multiprocessors, the epilogue sub-tile the registers allow), without repeats, and for
-    16-bit operands the library-GEMM step (``TUNE_GEMM``, ``Tiles.gemm``)."""
+    16-bit operands the library-GEMM step (``TUNE_GEMM``, ``Tiles.gemm``) where this torch can run it
+    (:func:`common.library_gemm_fp32_out`)."""
     out = [choose_tiles(batch, hidden, gates, elem, gate_elem, backward, precision, machine)]
     b_cap = min(128, max(16, _pow2(batch)))
     length = gates * hidden if backward else hidden
@@ -227,7 +228,7 @@ def tuning_candidates(batch: int, hidden: int, gates: int, elem: int, gate_elem:
         tiles = Tiles(bb, bh, bk, split, 4, stages, _epi_h(bb, bh, 4, elem))
         if tiles not in out:
             out.append(tiles)
-    if elem == 2:
+    if elem == 2 and library_gemm_fp32_out():
         bb, bh = TUNE_GEMM
         out.append(Tiles(min(bb, b_cap), min(bh, max(16, _pow2(hidden))), 16, gemm=True))
     return out

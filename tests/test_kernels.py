@@ -579,6 +579,41 @@ def test_library_gemm_tiles_are_checked():
         Tiles(gemm="yes")
 
 
+def test_library_gemm_needs_mm_out_dtype(monkeypatch):
+    """The probe agrees with torch (an fp32 product of bf16 operands on the meta device, which needs no GPU).
+    Without ``out_dtype`` (torch < 2.8) the tuner does not offer the library-GEMM step, the doctor does not check
+    it, and an explicit ``Tiles(gemm=True)`` on 16-bit GPU operands raises a clear error before any launch;
+    fp32 operands and the CPU never need it."""
+    from urlstm_triton import doctor
+    from urlstm_triton.kernels import backward_sequence, common, forward_sequence, step_plan
+
+    a = torch.empty(3, 4, dtype=torch.bfloat16, device="meta")
+    try:
+        supported = torch.mm(a, a.t(), torch.float32).dtype == torch.float32
+    except TypeError:  # no such overload
+        supported = False
+    assert common.library_gemm_fp32_out() == supported
+    common.check_library_gemm(a)  # what this torch can do passes
+
+    monkeypatch.setattr(common, "library_gemm_fp32_out", lambda: False)
+    monkeypatch.setattr(step_plan, "library_gemm_fp32_out", lambda: False)
+    for backward in (False, True):
+        assert not any(t.gemm for t in step_plan.tuning_candidates(128, 3072, 4, 2, 2, backward))
+    assert "library GEMM + gate kernel" not in [c[0] for c in doctor.family_cases("step", True, 132)]
+    common.check_library_gemm(a.float())  # fp32: torch.mm without out_dtype
+    common.check_library_gemm(torch.empty(3, 4, dtype=torch.bfloat16))  # the CPU: the product in fp32
+    T, B, H, G = 2, 3, 20, 4
+    meta = dict(dtype=torch.bfloat16, device="meta")
+    xproj, w, hs = torch.empty(T, B, G * H, **meta), torch.empty(G * H, H, **meta), torch.empty(T + 1, B, H, **meta)
+    cs = torch.empty(T + 1, B, H, dtype=torch.float32, device="meta")
+    with pytest.raises(RuntimeError, match=r"needs torch.mm's out_dtype \(torch >= 2.8\)"):
+        forward_sequence(xproj, w, hs, cs, None, 1, _gemm_tiles())
+    with pytest.raises(RuntimeError, match="gemm=False"):
+        backward_sequence(hs[1:], w, torch.empty_like(xproj), cs, torch.empty_like(xproj),
+                          torch.empty(B, H, dtype=torch.float32, device="meta"), 1, _gemm_tiles(),
+                          dh_last=torch.empty(B, H, dtype=torch.float32, device="meta"))
+
+
 @pytest.mark.cuda
 def test_cuda_accelerate_bf16_mixed_precision_trains():
     """Accelerate's mixed_precision='bf16' autocasts the forward: the kernels run in bf16, the fp32

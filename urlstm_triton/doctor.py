@@ -79,12 +79,14 @@ def parse_args(argv=None):
 def environment() -> Dict:
     import triton
 
+    from .kernels.common import library_gemm_fp32_out
     from .triton_backend import kernels_interpreted
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
            "gpu": None, "sm_count": None, "shared_memory_per_block": None, "compute_capability": None,
-           "interpreter": kernels_interpreted(), "platform": platform.platform()}
+           "interpreter": kernels_interpreted(), "library_gemm_fp32_out": library_gemm_fp32_out(),
+           "platform": platform.platform()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         env.update(gpu=props.name, sm_count=props.multi_processor_count,
@@ -101,6 +103,9 @@ def print_environment(env: Dict) -> None:
     if env["gpu"]:
         print(f"  GPU {env['gpu']} (compute capability {env['compute_capability']}): {env['sm_count']} SMs, "
               f"{env['shared_memory_per_block']} bytes of shared memory per block")
+        if not env["library_gemm_fp32_out"]:
+            print("  this torch's mm has no out_dtype (torch < 2.8): the library-GEMM step is neither tuned nor "
+                  "checked (the fused tiles run everywhere)")
     else:
         print("  no CUDA GPU visible to torch: the kernels are checked in Triton's CPU interpreter on tiny "
               "problems (slow; bf16 and CUDA graphs skipped); nothing is timed")
@@ -113,6 +118,7 @@ def print_environment(env: Dict) -> None:
 def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     """``(name, Problem, backend options)`` for one family: the first is its basic problem (``--quick``)."""
     from .kernels import TileConfig, Tiles
+    from .kernels.common import library_gemm_fp32_out
     from .kernels.persistent import PersistentConfig
     from .parity import Problem
     from .selfcheck import CHECK_MAX_SPINS
@@ -123,7 +129,8 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     # split reductions (fp32 partials summed by the last program of a tile), epilogues in sub-tiles, ragged
     split = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 8, 16, split_k=3, epi_h=4),
                                                     bwd=Tiles(16, 32, 16, split_k=2, epi_h=8))}
-    # the library-GEMM step (torch.mm with fp32 output, then the gate-math kernel): the tuner may pick it
+    # the library-GEMM step (torch.mm with fp32 output, then the gate-math kernel): the tuner may pick it where
+    # this torch has mm's out_dtype (the CPU computes the product in fp32 without it)
     gemm = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 16, 16, gemm=True), bwd=Tiles(16, 32, 16, gemm=True))}
     if not on_gpu:  # the interpreter: tiny; H=20 is two step-kernel tiles of 16 (the second ragged)
         tiny, chunks = Problem(3, 3, 5, 20), Problem(4, 2, 3, 20)
@@ -142,7 +149,8 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     return {
         "step": [("ragged tiles", odd, {"kernel": "step"}),
                  ("more programs than SMs", Problem(6, 130, 16, 16 * sm_count + 13), {"kernel": "step"}),
-                 ("split-K, sub-tiled epilogues", odd, split), ("library GEMM + gate kernel", odd, gemm)],
+                 ("split-K, sub-tiled epilogues", odd, split)]
+                + ([("library GEMM + gate kernel", odd, gemm)] if library_gemm_fp32_out() else []),
         "persistent": [("planned tiles", many, {"kernel": "persistent", "config": planned}),
                        ("one program per SM, U streamed", Problem(8, 4, 8, full),
                         {"kernel": "persistent", "config": PersistentConfig(block_h=16, u_on_chip=False, **sync)}),
