@@ -87,9 +87,21 @@ def test_a_second_job_in_a_live_run_directory_stops_at_once_naming_the_owner(tmp
     assert not (run / OWNER_FILE).exists()  # released at the end
 
 
+def _accelerate_relays_stderr() -> bool:
+    """accelerate >= 1.16's single-process launcher reads its child's stderr through a pipe and writes it on (so a
+    dead launcher leaves the trainer's stderr without a reader), and on SIGTERM terminates its child."""
+    import accelerate
+    from packaging.version import Version
+
+    return Version(accelerate.__version__) >= Version("1.16")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, sig):
-    """`accelerate launch` passes no signal on to its training process; the trainer watches it instead."""
+    """A killed `accelerate launch` passes no signal on to its training process (SIGKILL; SIGTERM before accelerate
+    1.16, which forwards SIGTERM): the trainer watches its launcher instead. Either way one checkpoint is saved
+    and the run says why, in summary.json and in train.log (stderr has no reader left once a launcher that
+    relays it is dead)."""
     run = tmp_path / "run"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -105,8 +117,36 @@ def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, si
         time.sleep(0.2)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted", err[-3000:]
-    assert summary["reason"].startswith(f"stopped because the launcher (pid {proc.pid}) died; checkpoint saved")
-    assert f"stopped because the launcher (pid {proc.pid}) died" in err
+    relays = _accelerate_relays_stderr()
+    cause = ("stopped by SIGTERM" if relays and sig == signal.SIGTERM
+             else f"stopped because the launcher (pid {proc.pid}) died")
+    assert summary["reason"].startswith(f"{cause}; checkpoint saved"), summary["reason"]
+    assert cause in (run / "train.log").read_text()
+    if not relays or sig == signal.SIGTERM:  # stderr still has a reader: the message is there too
+        assert cause in err, err[-3000:]
+    assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]
+    assert not (run / OWNER_FILE).exists()
+
+
+def test_ctrl_c_under_the_launcher_saves_and_exits(tmp_path, corpus):
+    """Ctrl-C: SIGINT to the launcher's whole process group (the launcher and its training process). accelerate
+    >= 1.16 then terminates the trainer as well, which must not turn the stop into an abort without a checkpoint."""
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = start(args(tmp_path, corpus, "run", "--train.steps", "100000", "--train.save_every", "0"), launcher)
+    wait_for_steps(proc, run, 3)
+    trainer = owner_pid(run)
+    os.killpg(proc.pid, signal.SIGINT)  # the launcher leads its own session (start_new_session), as a shell's job
+    out, err = proc.communicate(timeout=120)
+    deadline = time.time() + 30
+    while not gone(trainer):
+        assert time.time() < deadline, "the trainer runs on after Ctrl-C"
+        time.sleep(0.2)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted", err[-3000:]
+    assert summary["reason"].startswith("stopped by SIGINT; checkpoint saved"), summary["reason"]
+    assert "stopped by SIGINT" in err and "aborting without a checkpoint" not in err, err[-3000:]
     assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]
     assert not (run / OWNER_FILE).exists()
 

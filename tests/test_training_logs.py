@@ -22,6 +22,29 @@ def test_bars_only_when_asked_for_and_stderr_is_a_terminal(monkeypatch):
     assert not session.progress_bars(True)
 
 
+def test_bars_through_a_launcher_that_relays_stderr_to_a_terminal(monkeypatch):
+    """accelerate >= 1.16 pipes its child's stderr to its own: bars when that is a terminal, not when it is a file."""
+    monkeypatch.setattr("sys.stderr", _Stream(tty=False))
+    where = {}
+
+    def readlink(path):
+        if path not in where:
+            raise FileNotFoundError(path)
+        return where[path]
+
+    monkeypatch.setattr(session.os, "readlink", readlink)
+    monkeypatch.setattr(session, "launcher_pid", lambda: 4242)
+    where["/proc/4242/fd/2"] = "/dev/pts/3"
+    assert session.progress_bars(True) and not session.progress_bars(False)
+    where["/proc/4242/fd/2"] = "/home/me/run.err"  # accelerate launch ... 2> run.err
+    assert not session.progress_bars(True)
+    where.clear()  # the launcher's fds cannot be read
+    assert not session.progress_bars(True)
+    where["/proc/4242/fd/2"] = "/dev/pts/3"
+    monkeypatch.setattr(session, "launcher_pid", lambda: None)  # no launcher: only our own stderr counts
+    assert not session.progress_bars(True)
+
+
 def test_a_pipe_gets_log_lines_and_no_carriage_returns(tmp_path):
     corpus = make_corpus(tmp_path / "text")
     # --run.progress true asks for bars; stderr is a pipe here (as a log file or `| tee` would be)

@@ -38,9 +38,23 @@ log = logging.getLogger("urlstm_triton.training")
 __all__ = ["RunSession", "run_main", "progress_bars", "DataError"]
 
 
+def _launcher_relays_to_a_terminal() -> bool:
+    """Whether this process's stderr reaches a terminal through its launcher: accelerate >= 1.16 reads its child's
+    stderr from a pipe and writes it on to its own, so a bar drawn into the pipe shows exactly when the
+    launcher's stderr is a terminal (Linux: where ``/proc/<launcher>/fd/2`` points)."""
+    parent = launcher_pid()
+    if parent is None:
+        return False
+    try:
+        target = os.readlink(f"/proc/{parent}/fd/2")
+    except OSError:
+        return False
+    return target.startswith(("/dev/pts/", "/dev/tty"))
+
+
 def progress_bars(wanted: bool) -> bool:
-    """Whether to draw progress bars: asked for, and stderr is a terminal."""
-    return bool(wanted) and sys.stderr.isatty()
+    """Whether to draw progress bars: asked for, and stderr is a terminal (directly, or through the launcher)."""
+    return bool(wanted) and (sys.stderr.isatty() or _launcher_relays_to_a_terminal())
 
 
 def _quiet_library_bars() -> None:
@@ -232,8 +246,7 @@ def run_main(main, argv=None) -> None:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(3)
-    except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+    except TrainingInterrupted as e:  # the trainer has logged why (stderr and train.log)
         raise SystemExit(128 + e.signum)
     finally:
         # torch.distributed complains at exit if the process group is left open

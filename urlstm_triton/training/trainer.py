@@ -286,7 +286,9 @@ class Trainer:
                         status = "interrupted"
                         if not saved:
                             self.save_checkpoint()
-                        raise TrainingInterrupted(stop.signum or 15, self.last_checkpoint, stop.cause)
+                        interrupted = TrainingInterrupted(stop.signum or 15, self.last_checkpoint, stop.cause)
+                        log.warning("%s", interrupted)  # in train.log too: a dead launcher's stderr has no reader
+                        raise interrupted
                 self.progress.train_seconds += time.perf_counter() - t0
                 bar.close()
                 for split in self.objective.eval_splits:
