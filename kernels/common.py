@@ -4,6 +4,7 @@ Nothing here knows about ``GateSpec`` or autograd: callers pass an integer ``mod
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -11,6 +12,20 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+try:  # grid dependency control, for programmatic dependent launch (sm_90+): triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAS_GDC = True
+except ImportError:  # an older triton: Tiles.pdl is never honoured (pdl_supported), these are never traced
+    HAS_GDC = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
 
 # Gate modes (a ``tl.constexpr`` in every kernel). The fused weight's gate blocks, in order:
 MODE_TIED = 0     # f, u, o        tied input gate 1 - f          (gates "--", "C-", "U-")
@@ -29,6 +44,39 @@ def num_gates(mode: int) -> int:
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at kernel import)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(index: Optional[int]) -> int:
+    return torch.cuda.get_device_capability(index)[0] if torch.cuda.is_available() else 0
+
+
+def pdl_supported(device) -> bool:
+    """Whether step launches on ``device`` can use programmatic dependent launch (``Tiles.pdl``): a CUDA GPU of
+    compute capability 9.0 or newer (Hopper; ``griddepcontrol`` is sm_90 PTX), a triton with grid dependency
+    control, and not Triton's interpreter (which has none)."""
+    device = torch.device(device)
+    if not HAS_GDC or interpreting() or device.type != "cuda":
+        return False
+    return _capability_major(device.index) >= 9
+
+
+def pdl_launch_options(tiles: "Tiles", device) -> dict:
+    """Launch keywords of a fused step kernel: the ``PDL`` constexpr, and Triton's ``launch_pdl`` option when
+    it is on (the programmatic-serialization attribute on the launch)."""
+    pdl = tiles.pdl and pdl_supported(device)
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+
+
+@triton.jit
+def wait_for_previous_step(PDL: tl.constexpr):
+    """With programmatic dependent launch (``PDL``): wait until the previous kernel on the stream has finished
+    and its writes are visible (every read of this step's inputs comes after this), then let the next step's
+    kernel launch. Waiting first keeps at most two steps' programs resident: the next step's programs are
+    placed while this one computes, never one further ahead."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @dataclass(frozen=True)
@@ -50,7 +98,15 @@ class Tiles:
     pays where ``U`` streams from HBM every step (lm-seed: 75 MB in bf16) and the fused kernels' tiles read
     it at a fraction of the bandwidth; the tuner (``urlstm_triton.tuning``) times it beside the fused tilings
     for 16-bit operands and keeps it only where it measures faster. ``block_k``, ``split_k`` and ``epi_h``
-    do not apply to it (``split_k`` must be 1)."""
+    do not apply to it (``split_k`` must be 1).
+
+    ``pdl=True`` launches the fused step kernels with programmatic dependent launch where the GPU and triton
+    have it (:func:`pdl_supported`: compute capability 9.0+, triton with grid dependency control; elsewhere it
+    is ignored): each program waits for the previous step's kernel at its start (``gdc_wait``, before any
+    memory access) and then lets the next step's kernel launch (``gdc_launch_dependents``), so that launch
+    and its programs' scheduling overlap this step's work instead of following it. The tuner times it for
+    its fastest fused tiling and keeps it only where it measures faster. Not with ``gemm=True`` (cuBLAS's
+    kernels between the steps do not take part)."""
 
     block_b: int = 16
     block_h: int = 16
@@ -60,6 +116,7 @@ class Tiles:
     num_stages: int = 3
     epi_h: Optional[int] = None  # None: block_h
     gemm: bool = False
+    pdl: bool = False
 
     def __post_init__(self):
         if self.epi_h is None:
@@ -78,6 +135,10 @@ class Tiles:
             raise ValueError(f"gemm must be True or False, got {self.gemm!r}")
         if self.gemm and self.split_k != 1:
             raise ValueError(f"gemm=True runs the product as one library GEMM: split_k must be 1, got {self.split_k}")
+        if not isinstance(self.pdl, bool):
+            raise ValueError(f"pdl must be True or False, got {self.pdl!r}")
+        if self.gemm and self.pdl:
+            raise ValueError("pdl=True applies to the fused step kernels, not to gemm=True (cuBLAS runs between steps)")
 
 
 @dataclass(frozen=True)
@@ -248,7 +309,7 @@ def arrive(count_ptr, SPLIT_K: tl.constexpr):
     in (release: the partials are visible before the count; acquire: the last program sees all of them).
     True for the program that completes the group, which then sums the partials. The counter is never reset
     within a launch sequence: it counts ``SPLIT_K`` arrivals per step, and launches of consecutive steps are
-    ordered by the stream."""
+    ordered by the stream (with ``Tiles.pdl``, by :func:`wait_for_previous_step` at every program's start)."""
     tl.debug_barrier()
     old = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
     return old % SPLIT_K == SPLIT_K - 1

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .common import (TileConfig, Tiles, arrive, backward_epilogue, check_library_gemm, dot_precision, num_gates,
-                     product_fp32, split_range)
+                     pdl_launch_options, product_fp32, split_range, wait_for_previous_step)
 
 
 @triton.jit(do_not_specialize=["t", "tn"])
@@ -37,8 +37,9 @@ def _bwd_step_kernel(
     dout_ptr, dz_ptr, dzn_ptr, dh_in_ptr, w_ptr, gates_ptr, cs_ptr, dc_ptr, ws_ptr, count_ptr, t, tn, B, H,
     MODE: tl.constexpr, G: tl.constexpr, HAS_NEXT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EPI_H: tl.constexpr,
+    EPI_H: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_step(PDL)  # Tiles.pdl: before any access to memory the previous step writes
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_h = tl.program_id(2)
@@ -162,7 +163,7 @@ def backward_sequence(
     count = (torch.zeros(grid[0] * grid[2], dtype=torch.int32, device=d_out.device) if tiles.split_k > 1 else dc)
     meta = dict(MODE=mode, G=num_gates(mode), PRECISION=dot_precision(config, dzs.dtype),
                 BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, BLOCK_K=tiles.block_k, EPI_H=tiles.epi_h,
-                num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl_launch_options(tiles, d_out.device))
     for t in range(steps - 1, -1, -1):
         last = t == steps - 1
         if last and dz_next is None:

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from .common import (MODE_CLASSIC, MODE_REFINE, MODE_TIED, TileConfig, Tiles, arrive, check_library_gemm,
-                     dot_precision, forward_cell_store, forward_epilogue, load_gate_blocks, num_gates, product_fp32,
-                     split_range)
+                     dot_precision, forward_cell_store, forward_epilogue, load_gate_blocks, num_gates,
+                     pdl_launch_options, product_fp32, split_range, wait_for_previous_step)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -35,8 +35,9 @@ def _fwd_step_kernel(
     xp_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, ws_ptr, count_ptr, t, B, H,
     MODE: tl.constexpr, G: tl.constexpr, SAVE_GATES: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EPI_H: tl.constexpr,
+    EPI_H: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous_step(PDL)  # Tiles.pdl: before any access to memory the previous step writes
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_h = tl.program_id(2)
@@ -149,7 +150,8 @@ def forward_sequence(
     count = torch.zeros(grid[0] * grid[2], dtype=torch.int32, device=xproj.device) if tiles.split_k > 1 else cs
     meta = dict(MODE=mode, G=num_gates(mode), SAVE_GATES=save, PRECISION=dot_precision(config, xproj.dtype),
                 BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, BLOCK_K=tiles.block_k, SPLIT_K=tiles.split_k,
-                EPI_H=tiles.epi_h, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+                EPI_H=tiles.epi_h, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                **pdl_launch_options(tiles, xproj.device))
     for t in range(steps):
         _fwd_step_kernel[grid](xproj, w_hh, hs, cs, gates_arg, ws, count, t, batch, hidden, **meta)
 

@@ -37,6 +37,15 @@ def _k_slice(length: int, split: int, block_k: int) -> int:
     return min(length, math.ceil(math.ceil(length / split) / block_k) * block_k)
 
 
+def launch_gap(machine: Machine, tiles: Tiles) -> float:
+    """What separates a fused step launch from the previous step's under the model: the graph's launch gap, or
+    nothing with programmatic dependent launch (``Tiles.pdl``: the launch and the placing of its programs
+    overlap the previous step, which the model assumes runs longer than the gap). The dependent latency
+    (``Machine.latency_s``: the previous step's last stores becoming visible, the first loads) stays. An
+    assumption until a GPU times it: the tuner keeps ``pdl`` only where it measures faster."""
+    return 0.0 if tiles.pdl else machine.launch_gap_s
+
+
 def library_gemm_estimate(batch: int, hidden: int, gates: int, elem: int, gate_elem: int, backward: bool,
                           machine: Machine = H200) -> LaunchEstimate:
     """One library-GEMM step (``Tiles.gemm``) under the cost model: the product at the library's roofline (the
@@ -88,7 +97,7 @@ def forward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: in
                        operand_bytes=operand, hbm_bytes=u_bytes if u_hbm else 0,
                        occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
                        fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
-                       gap=machine.launch_gap_s, sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
+                       gap=launch_gap(machine, tiles), sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
                        stages=tiles.num_stages, u_hbm=u_hbm, subtiles=max(1, bh // tiles.epi_h), split=s)
 
 
@@ -118,7 +127,7 @@ def backward_estimate(batch: int, hidden: int, gates: int, tiles: Tiles, elem: i
                        operand_bytes=operand, hbm_bytes=u_bytes if u_hbm else 0,
                        occupancy=ctas_per_sm(machine, tiles.num_warps, regs, smem), tiles=n_b * n_h,
                        fixup_bytes=s * partial, epilogue_bytes=epilogue, epilogue_hbm_bytes=epi_hbm,
-                       gap=machine.launch_gap_s, sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
+                       gap=launch_gap(machine, tiles), sync=machine.latency_s, iterations=math.ceil(k / tiles.block_k),
                        stages=tiles.num_stages, u_hbm=u_hbm, subtiles=max(1, bh // tiles.epi_h), split=s)
 
 

@@ -7,7 +7,8 @@ forward+backward and of forward only (no grad), and peak memory of one forward+b
 - ``triton-chunkK``     the same with ``chunk_size=K`` (``--chunk K``)
 - ``...-graph``         each of those with ``cuda_graph=True`` (``--cuda-graph``; CUDA only)
 - ``triton-tF_B``       the same with explicit step-kernel tiles (``--tile F/B``, each direction
-                        ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``: tuning the step kernels)
+                        ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]][.pdl]`` or ``gemm.BB.BH.WARPS``: tuning the
+                        step kernels)
 - ``--tile-sweep N``      per config and dtype, the planner's N best step tilings of distinct block shapes
                         (``kernels/step_plan.py``: ``ranked_tiles``), each with several reduction slices and pipeline
                         depths, as ``triton-t...`` rows: does the GPU rank them as the cost model does?
@@ -46,7 +47,7 @@ from urlstm_triton.benchmarks import CONFIGS, LONG_CONFIGS, named_configs, sync,
 from urlstm_triton.files import atomic_write
 from urlstm_triton.parity import one_line
 from urlstm_triton.reference import naive_recurrence
-from urlstm_triton.tuning import tile_spec
+from urlstm_triton.tuning import parse_tile_spec, tile_spec
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECK_TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 1e-2}  # issue 3's targets (fp16 between the two)
@@ -72,8 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graph", action="store_true", help="also time triton with cuda_graph=True")
     p.add_argument("--tile", action="append", default=[], metavar="FWD/BWD",
                    help="also time triton with these step-kernel tiles, each direction "
-                        "BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] (block_b, block_h, block_k, split_k, num_warps, epi_h, "
-                        "num_stages; repeatable)")
+                        "BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]][.pdl] (block_b, block_h, block_k, split_k, num_warps, "
+                        "epi_h, num_stages; .pdl: programmatic dependent launch, sm_90+), or gemm.BB.BH.WARPS (the "
+                        "library-GEMM step); repeatable")
     p.add_argument("--tile-sweep", type=int, default=0, metavar="N",
                    help="also time, per config and dtype, the planner's N best step tilings of distinct block shapes "
                         "(replayed from CUDA graphs with --cuda-graph)")
@@ -112,36 +114,19 @@ def peak_mib(fn: Callable, device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def _parse_direction(text: str):
-    """One direction's ``Tiles``: ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]``, or ``gemm.BB.BH.WARPS`` (the library-GEMM
-    step, ``Tiles.gemm``, with its gate-math tiles)."""
-    from urlstm_triton.kernels import Tiles
-
-    gemm = text.startswith("gemm.")
-    d = [int(v) for v in (text[len("gemm."):] if gemm else text).split(".")]
-    if gemm:
-        if len(d) != 3:
-            raise ValueError("gemm.BB.BH.WARPS takes three numbers")
-        return Tiles(d[0], d[1], 16, num_warps=d[2], gemm=True)
-    if len(d) not in (5, 6, 7):
-        raise ValueError("a direction takes five to seven numbers")
-    return Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
-                 num_stages=d[6] if len(d) > 6 else 3)
-
-
 def parse_tiles(spec: str):
-    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]]`` or
-    ``gemm.BB.BH.WARPS``."""
+    """A ``TileConfig`` from ``FWD/BWD`` (or ``FWD_BWD``), each ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]][.pdl]`` or
+    ``gemm.BB.BH.WARPS`` (``tuning.parse_tile_spec``)."""
     from urlstm_triton.kernels import TileConfig
 
     parts = spec.replace("_", "/").split("/")
     try:
         if len(parts) != 2:
             raise ValueError("two directions")
-        fwd, bwd = (_parse_direction(p) for p in parts)
+        fwd, bwd = (parse_tile_spec(p) for p in parts)
         return TileConfig(fwd=fwd, bwd=bwd)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]] or gemm.BB.BH.WARPS "
+        raise SystemExit(f"--tile must be FWD/BWD, each BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]][.pdl] or gemm.BB.BH.WARPS "
                          f"(powers of two, blocks >= 16), got {spec!r}: {e}") from None
 
 

@@ -28,6 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 from urlstm_triton.kernels import MODE_REFINE, Tiles, num_gates
 from urlstm_triton.kernels import cost_model as CM
 from urlstm_triton.kernels import step_plan as SP
+from urlstm_triton.tuning import parse_tile_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GLOB = os.path.join(ROOT, "results", "gpu", "*", "tiles-*.json")
@@ -42,14 +43,9 @@ LATENCY_FIELDS = tuple(GRID)
 
 
 def tiles_of(spec: str) -> Tuple[Tiles, Tiles]:
-    """``(fwd, bwd)`` from a row name ``triton-tF_B[-graph]``, each ``BB.BH.BK.SPLIT.WARPS.EPI.STAGES``."""
-    body = spec[len("triton-t"):].replace("-graph", "")
-    out = []
-    for part in body.split("_"):
-        d = [int(v) for v in part.split(".")]
-        out.append(Tiles(d[0], d[1], d[2], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
-                         num_stages=d[6] if len(d) > 6 else 3))
-    return out[0], out[1]
+    """``(fwd, bwd)`` from a row name ``triton-tF_B[-graph]``, each as ``tuning.tile_spec`` writes it."""
+    fwd, bwd = spec[len("triton-t"):].replace("-graph", "").split("_")
+    return parse_tile_spec(fwd), parse_tile_spec(bwd)
 
 
 def load_rows(paths: Sequence[str]) -> List[Dict]:

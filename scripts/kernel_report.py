@@ -11,7 +11,9 @@ GPU). ptxas, which ships in the triton wheel, reports registers, spills, stack; 
 instructions. One row per (kernel, config, dtype):
 
     kernel  family and direction: step-fwd, step-bwd, persistent-fwd, persistent-bwd; cand-fwd, cand-bwd (the
-            tuner's other candidates)
+            tuner's other candidates); pdl-fwd, pdl-bwd (the step kernels with programmatic dependent launch,
+            ``Tiles.pdl``, which the tuner tries for its winner on sm_90+: the same tiles as step-*, and the
+            JSON's ``griddepcontrol`` says the PTX waits for the previous step and releases the next)
     registers, spill_bytes (stores + loads), stack, shared_bytes   from ptxas and the compiled kernel
     programs, sms   programs per launch and the target's multiprocessors
     mma             the MMA instruction shape(s) and how many the kernel holds
@@ -41,7 +43,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional
 
 import torch
@@ -153,8 +155,10 @@ def compile_launch(fn: JITFunction, args, kwargs, capability: int, keep_ptx: boo
     with tempfile.TemporaryDirectory() as cache, _env("TRITON_CACHE_DIR", cache), contextlib.redirect_stdout(log):
         kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     fields = _ptxas_fields(log.getvalue())
-    fields.update(shared_bytes=int(kernel.metadata.shared), mma=mma_summary(kernel.asm["ptx"]),
-                  num_warps=int(kernel.metadata.num_warps))
+    ptx = kernel.asm["ptx"]
+    fields.update(shared_bytes=int(kernel.metadata.shared), mma=mma_summary(ptx),
+                  num_warps=int(kernel.metadata.num_warps),
+                  griddepcontrol="griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx)
     if keep_ptx:
         fields["ptx"] = kernel.asm["ptx"]
     return fields
@@ -171,17 +175,29 @@ def _programs(grid) -> int:
 # -------------------------------------------------------------------------------------- the families
 
 
-def step_launches(B: int, H: int, mode: int, dtype, config) -> Dict[str, tuple]:
+@contextlib.contextmanager
+def _pdl_for(capability: int):
+    """The launch helpers ask the device whether ``Tiles.pdl`` can be honoured; the meta device would say no:
+    answer for the target instead (programmatic dependent launch from sm_90)."""
+    original = K.common.pdl_supported
+    K.common.pdl_supported = lambda device: capability >= 90
+    try:
+        yield
+    finally:
+        K.common.pdl_supported = original
+
+
+def step_launches(B: int, H: int, mode: int, dtype, config, capability: int = 90) -> Dict[str, tuple]:
     """The step kernels' launches for one forward and one backward sequence of two steps (the backward's
-    second launch, the one with a later step, is the sequence's typical one)."""
+    second launch, the one with a later step, is the sequence's typical one), as on an ``sm_<capability>``."""
     G = K.num_gates(mode)
     T = 2
     xproj, w = _meta(T, B, G * H, dtype=dtype), _meta(G * H, H, dtype=dtype)
     hs, cs = _meta(T + 1, B, H, dtype=dtype), _meta(T + 1, B, H, dtype=torch.float32)
     gates = _meta(T, B, G * H, dtype=dtype)
-    with recorded_launches() as fwd:
+    with _pdl_for(capability), recorded_launches() as fwd:
         K.forward_sequence(xproj, w, hs, cs, gates, mode, config)
-    with recorded_launches() as bwd:
+    with _pdl_for(capability), recorded_launches() as bwd:
         K.backward_sequence(_meta(T, B, H, dtype=dtype), w, gates, cs, _meta(T, B, G * H, dtype=dtype),
                             _meta(B, H, dtype=torch.float32), mode, config, dh_last=_meta(B, H, dtype=torch.float32))
     return {"step-fwd": fwd[0], "step-bwd": bwd[-1]}
@@ -251,7 +267,22 @@ def _row(kernel, config, dtype, arch: Arch, launch, tiles: str, est: Optional[fl
 def _tiles_str(t) -> str:
     if t.gemm:
         return f"library GEMM + {t.block_b}x{t.block_h} gate math w{t.num_warps}"
-    return f"{t.block_b}x{t.block_h}x{t.block_k} s{t.split_k} e{t.epi_h} w{t.num_warps}"
+    return f"{t.block_b}x{t.block_h}x{t.block_k} s{t.split_k} e{t.epi_h} w{t.num_warps}" + (" pdl" if t.pdl else "")
+
+
+def step_rows(prefix: str, config, dims, name: str, dname: str, dtype, arch: Arch, mode: int,
+              precision: str) -> List[Dict]:
+    """The rows of both step-kernel directions with ``config``, each carrying the whole config's estimate."""
+    T, B, I, H = dims
+    elem = torch.empty((), dtype=dtype).element_size()
+    launches = step_launches(B, H, mode, dtype, config, arch.capability)
+    rows = [_row(f"{prefix}-{k[5:]}", name, dname, arch, launch, _tiles_str(getattr(config, k[5:])), None)
+            for k, launch in launches.items()]
+    compiled = {f"step-{r['kernel'].split('-')[1]}": r for r in rows if r.get("registers") is not None}
+    est = step_estimate_ms(dims, K.num_gates(mode), config, elem, precision, arch.machine, compiled)
+    for r in rows:
+        r["est_ms_fwd_bwd"] = round(est, 2)
+    return rows
 
 
 def report(configs: Dict[str, tuple], dtypes: List[str], arch: Arch, families: List[str], mode: str) -> List[Dict]:
@@ -264,23 +295,19 @@ def report(configs: Dict[str, tuple], dtypes: List[str], arch: Arch, families: L
             dtype = DTYPES[dname]
             elem = torch.empty((), dtype=dtype).element_size()
             precision = "ieee" if dtype == torch.float32 else "tf32"
+            model = K.pick_config(B, H, True, precision, arch.limits.sm_count, elem, G, elem)
             if "step" in families:
-                config = K.pick_config(B, H, True, precision, arch.limits.sm_count, elem, G, elem)
-                launches = step_launches(B, H, m, dtype, config)
-                new = [_row(k, name, dname, arch, launch, _tiles_str(getattr(config, k[5:])), None)
-                       for k, launch in launches.items()]
-                est = step_estimate_ms(dims, G, config, elem, precision, arch.machine,
-                                       {r["kernel"]: r for r in new if r.get("registers") is not None})
-                for r in new:
-                    r["est_ms_fwd_bwd"] = round(est, 2)
-                rows += new
+                rows += step_rows("step", model, dims, name, dname, dtype, arch, m, precision)
+            if "pdl" in families and arch.capability >= 90:  # the same tiles, launched with PDL
+                pdl = K.TileConfig(fwd=replace(model.fwd, pdl=True), bwd=replace(model.bwd, pdl=True),
+                                   dot_precision=model.dot_precision)
+                rows += step_rows("pdl", pdl, dims, name, dname, dtype, arch, m, precision)
             if "candidates" in families:  # the tuner's other candidates (urlstm_triton.tuning): it may run any
-                model = K.pick_config(B, H, True, precision, arch.limits.sm_count, elem, G, elem)
                 for backward, direction in ((False, "fwd"), (True, "bwd")):
                     for tiles in SP.tuning_candidates(B, H, G, elem, elem, backward, precision, arch.machine)[1:]:
                         config = K.TileConfig(fwd=model.fwd if backward else tiles,
                                               bwd=tiles if backward else model.bwd, dot_precision=model.dot_precision)
-                        launch = step_launches(B, H, m, dtype, config)[f"step-{direction}"]
+                        launch = step_launches(B, H, m, dtype, config, arch.capability)[f"step-{direction}"]
                         row = _row(f"cand-{direction}", name, dname, arch, launch, _tiles_str(tiles), None)
                         # the whole config with this candidate in its direction, the model's pick in the other
                         est = step_estimate_ms(dims, G, config, elem, precision, arch.machine,
@@ -333,6 +360,8 @@ def problems(rows: List[Dict]) -> List[str]:
             out.append(f"{what}: compile failed: {r['error']}")
         elif r.get("spill_bytes"):
             out.append(f"{what}: {r['spill_bytes']} bytes of spills")
+        elif r["kernel"].startswith("pdl-") and not r.get("griddepcontrol"):
+            out.append(f"{what}: launched with PDL but its PTX lacks griddepcontrol.wait/launch_dependents")
     return out
 
 
@@ -344,9 +373,10 @@ def parse_args(argv=None):
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated names from {list(CONFIGS) + list(LONG_CONFIGS)}, or T,B,I,H tuples "
                         "separated by ';'")
-    p.add_argument("--families", default="step,persistent,candidates",
+    p.add_argument("--families", default="step,persistent,candidates,pdl",
                    help="comma-separated from step (the model's tiles), persistent, candidates (the tile tuner's "
-                        "other candidates: urlstm_triton.tuning may pick any of them on a GPU)")
+                        "other candidates: urlstm_triton.tuning may pick any of them on a GPU), pdl (the model's "
+                        "tiles launched with programmatic dependent launch; sm_90 and later)")
     p.add_argument("--mode", default="refine", choices=sorted(MODES), help="gate mode (refine: the UR-LSTM)")
     p.add_argument("--json", help="also write the rows (and the environment) to this JSON file")
     args = p.parse_args(argv)
@@ -355,8 +385,8 @@ def parse_args(argv=None):
     if bad or not dtypes:
         p.error(f"--dtypes: unknown {bad}; choose from {list(DTYPES)}")
     families = [f for f in args.families.split(",") if f]
-    if not families or any(f not in ("step", "persistent", "candidates") for f in families):
-        p.error(f"--families must name step, persistent and/or candidates, got {args.families!r}")
+    if not families or any(f not in ("step", "persistent", "candidates", "pdl") for f in families):
+        p.error(f"--families must name step, persistent, candidates and/or pdl, got {args.families!r}")
     configs = {}
     table = {**CONFIGS, **LONG_CONFIGS}
     for part in filter(None, re.split(r"[;]|,(?=[a-z])", args.configs)):

@@ -197,3 +197,21 @@ def test_timing_rows_and_table():
     assert row["ratio"] == pytest.approx(row["urlstm_ms"] / row["lstm_ms"], rel=1e-2)
     table = doctor.timing_table(rows)
     assert table.splitlines()[2].startswith("tiny") and "float32" in table
+
+
+def test_pdl_cases_only_where_the_gpu_has_programmatic_dependent_launch(monkeypatch):
+    """On sm_90+ the doctor checks the step kernels launched with PDL, eagerly and graph-replayed (its
+    programmatic edges captured); elsewhere there is nothing to check beyond the plain step kernels."""
+    from urlstm_triton.kernels import common
+
+    for supported in (True, False):
+        monkeypatch.setattr(common, "pdl_supported", lambda device, s=supported: s)
+        step = {name: o for name, _, o in doctor.family_cases("step", True, 132)}
+        graphed = {name: o for name, _, o in doctor.family_cases("graphed", True, 132)}
+        pdl = step.get("programmatic dependent launch")
+        assert (pdl is not None) == supported
+        assert ("step kernels, programmatic dependent launch" in graphed) == supported
+        if supported:
+            assert pdl["config"].fwd.pdl and pdl["config"].bwd.pdl and pdl["config"].fwd.split_k > 1
+            assert graphed["step kernels, programmatic dependent launch"]["cuda_graph"]
+        assert not any(name.startswith("programmatic") for name, _, _ in doctor.family_cases("step", False, 0))

@@ -4,7 +4,8 @@ The compile targets of issue 11, checked from ptxas's own log: no spill in any b
 persistent kernels (the benchmark configs, the tiles the dispatcher chooses and every other candidate of the tile
 tuner), and a full wave of programs
 (>= one per SM) for the step kernels of lm-seed, big-batch, lm-1k and smnist. Plus the report's own contract
-(columns, JSON, estimates beside cuDNN's measured times, argument errors). Run in a subprocess: the tests
+(columns, JSON, estimates beside cuDNN's measured times, argument errors), and the step kernels launched with
+programmatic dependent launch. Run in a subprocess: the tests
 run the kernels in Triton's interpreter, the report needs them compiled.
 """
 import json
@@ -68,6 +69,25 @@ def test_every_bf16_compile_is_spill_free_and_step_launches_fill_the_gpu(bf16_re
         assert widths and min(widths) >= 64, mma
     # lm-seed's backward has at most ~128 registers (issue 11: one CTA per SM and two waves before)
     assert step[("step-bwd", "lm-seed")]["registers"] <= 128
+
+
+def test_pdl_rows_are_the_step_tiles_with_griddepcontrol_and_no_spills(bf16_report):
+    """The step kernels launched with programmatic dependent launch (``Tiles.pdl``, what the tuner tries for its
+    winner on sm_90): the same tiles and registers as without, both griddepcontrol instructions in the PTX (and
+    none without PDL), and an estimate that drops only the launch gaps."""
+    from urlstm_triton.benchmarks import CONFIGS
+    from urlstm_triton.kernels.cost_model import H200
+
+    _, report = bf16_report
+    rows = {(r["kernel"], r["config"]): r for r in report["rows"]}
+    for config, (T, B, I, H) in CONFIGS.items():
+        for direction in ("fwd", "bwd"):
+            step, pdl = rows[(f"step-{direction}", config)], rows[(f"pdl-{direction}", config)]
+            assert pdl["tiles"] == step["tiles"] + " pdl" and pdl["programs"] == step["programs"]
+            assert pdl["griddepcontrol"] and not step["griddepcontrol"]
+            assert pdl["spill_bytes"] == 0 and pdl["registers"] <= 255, pdl
+        saved = rows[("step-fwd", config)]["est_ms_fwd_bwd"] - rows[("pdl-fwd", config)]["est_ms_fwd_bwd"]
+        assert abs(saved - 2 * T * H200.launch_gap_s * 1e3) < 0.02, (config, saved)
 
 
 def test_estimates_sit_beside_cudnn_and_the_table_has_every_column(bf16_report):
@@ -139,7 +159,7 @@ def test_custom_config_and_other_architecture(tmp_path):
     if not _has_ptxas():
         pytest.skip("this triton wheel has no ptxas")
     proc, report = run_report(tmp_path, "--arch", "80", "--dtypes", "bf16,fp32", "--configs", "300,8,4,64",
-                              "--families", "persistent")
+                              "--families", "persistent,pdl")  # no PDL before sm_90: no pdl rows
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = report["rows"]
     assert {(r["kernel"], r["dtype"]) for r in rows} == {(k, d) for k in ("persistent-fwd", "persistent-bwd")

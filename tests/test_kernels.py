@@ -579,6 +579,59 @@ def test_library_gemm_tiles_are_checked():
         Tiles(gemm="yes")
 
 
+def _pdl_tiles():
+    """Tiles of both directions with programmatic dependent launch (``Tiles.pdl``), split and unsplit."""
+    from urlstm_triton.kernels import TileConfig, Tiles
+
+    return TileConfig(fwd=Tiles(16, 8, 16, split_k=2, epi_h=4, pdl=True), bwd=Tiles(16, 16, 16, pdl=True))
+
+
+def test_pdl_tiles_are_checked_and_honoured_only_where_the_gpu_has_pdl(monkeypatch):
+    """``Tiles.pdl`` is a launch mode of the fused step kernels: on sm_90+ with a triton that has grid dependency
+    control the launch carries ``launch_pdl`` and the kernel its ``PDL`` wait/release; elsewhere (the CPU, the
+    interpreter, older GPUs) it is ignored."""
+    from urlstm_triton.kernels import Tiles, common
+
+    assert Tiles(pdl=True).pdl and not Tiles().pdl
+    with pytest.raises(ValueError, match="pdl must be True or False"):
+        Tiles(pdl=1)
+    with pytest.raises(ValueError, match="pdl=True applies to the fused step kernels"):
+        Tiles(16, 64, 16, gemm=True, pdl=True)
+    assert common.pdl_launch_options(Tiles(pdl=True), "cpu") == {"PDL": False}
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for major, honoured in ((9, True), (10, True), (8, False)):
+        monkeypatch.setattr(common, "_capability_major", lambda index, m=major: m)
+        assert common.pdl_supported("cuda:0") is (honoured and common.HAS_GDC)
+        assert common.pdl_launch_options(Tiles(pdl=True), "cuda:0") == (
+            {"PDL": True, "launch_pdl": True} if honoured and common.HAS_GDC else {"PDL": False})
+        assert common.pdl_launch_options(Tiles(), "cuda:0") == {"PDL": False}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not common.pdl_supported("cuda:0")  # the interpreter has no grid dependency control
+    monkeypatch.setattr(common, "HAS_GDC", False)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not common.pdl_supported("cuda:0")  # a triton without it
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["tied", "refine", "classic"])
+def test_pdl_tiles_follow_the_launch_contract(mode):
+    """Tiles with ``pdl=True`` run everywhere (in the interpreter without the launch mode, which it lacks)."""
+    from urlstm_triton import kernels
+
+    assert_follows_launch_contract(kernels, mode, T=3, B=3, H=20, split=1, cfg=_pdl_tiles())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("opts", [{}, {"chunk_size": 5}, {"cuda_graph": True}], ids=["plain", "chunked", "graph"])
+def test_cuda_pdl_step_kernels_match_float64(dtype, opts):
+    """On an sm_90+ GPU the step launches overlap by programmatic dependent launch (each program waits for the
+    previous step before touching memory): issue 3's bounds, plain, chunked and graph-replayed (the launches
+    captured with their programmatic edges). On older GPUs the same tiles run without it."""
+    spec = parse_gate("UR")
+    ps = make_problem(spec, 12, 67, 40, 200, dtype, device="cuda", conditioned=True)
+    assert_close(errors(spec, ps, dtype, config=_pdl_tiles(), kernel="step", **opts), TOL[dtype])
+
+
 def test_library_gemm_needs_mm_out_dtype(monkeypatch):
     """The probe agrees with torch (an fp32 product of bf16 operands on the meta device, which needs no GPU).
     Without ``out_dtype`` (torch < 2.8) the tuner does not offer the library-GEMM step, the doctor does not check

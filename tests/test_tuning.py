@@ -58,8 +58,8 @@ def test_fastest_takes_the_minimum_and_reports_failures():
     assert tuning.fastest([a, b, c], timer, report, "fwd") is b
     assert [row[1] for row in report["fwd_us"]] == [3.0, 1.0]
     assert report["failed"] == ["fwd {'block_b': 64, 'block_h': 16, 'block_k': 32, 'split_k': 1, 'num_warps': 4, "
-                                "'num_stages': 3, 'epi_h': 16, 'gemm': False}: RuntimeError: out of resources: shared "
-                                "memory"]
+                                "'num_stages': 3, 'epi_h': 16, 'gemm': False, 'pdl': False}: RuntimeError: out of "
+                                "resources: shared memory"]
     assert tuning.fastest([c], timer, {}, "bwd") is None
 
 
@@ -181,3 +181,60 @@ def test_the_interpreter_never_tunes(monkeypatch):
     out = triton_recurrence(torch.randn(T, B, I), torch.randn(4 * H, I), torch.randn(4 * H, H), torch.zeros(4 * H),
                             torch.zeros(B, H), torch.zeros(B, H), spec)
     assert out[0].shape == (T, B, H)
+
+
+def test_the_fastest_fused_tiling_is_timed_again_with_pdl_and_kept_only_if_faster():
+    pick = Tiles(64, 16, 64, 1, 4, 4)
+    clock = {pick: 3e-6}
+
+    def timer(t):
+        if t not in clock:
+            raise RuntimeError("griddepcontrol needs sm_90")
+        return clock[t]
+
+    report = {"fwd_us": [[tuning._tiles_dict(pick), 3.0]]}  # as fastest() left it
+    assert tuning.with_pdl_if_faster(pick, timer, report, "fwd") is pick  # the variant failed: said, not kept
+    assert "'pdl': True}: RuntimeError: griddepcontrol needs sm_90" in report["failed"][0]
+    faster, slower = Tiles(64, 16, 64, 1, 4, 4, pdl=True), 5e-6
+    clock[faster] = 2e-6
+    report = {"fwd_us": [[tuning._tiles_dict(pick), 3.0]]}
+    assert tuning.with_pdl_if_faster(pick, timer, report, "fwd") == faster
+    assert [us for _, us in report["fwd_us"]] == [3.0, 2.0]  # both timings stay in the report
+    clock[faster] = slower
+    assert tuning.with_pdl_if_faster(pick, timer, {"fwd_us": [[tuning._tiles_dict(pick), 3.0]]}, "fwd") is pick
+
+
+@pytest.mark.parametrize("supported", [True, False], ids=["sm90", "older"])
+def test_measure_tries_pdl_for_fused_picks_where_the_gpu_has_it(monkeypatch, supported):
+    """Per direction: the candidates, then (sm_90+) the winner with pdl; a library-GEMM winner is left as it is."""
+    import contextlib
+
+    fused, gemm = Tiles(64, 16, 64, 1, 4, 4), Tiles(16, 64, 16, gemm=True)
+    timed = []
+    clock = {fused: 3e-6, gemm: 1e-6, Tiles(64, 16, 64, 1, 4, 4, pdl=True): 2e-6}
+
+    def time_launches(tiles, backward, mode, buf, precision):
+        timed.append((backward, tiles))
+        return clock[tiles] if backward or not tiles.gemm else 9e-6  # forward: the fused tiling wins
+
+    monkeypatch.setattr(tuning.torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(tuning, "_buffers", lambda *a: {})
+    monkeypatch.setattr(tuning, "tuning_candidates", lambda *a: [fused, gemm])
+    monkeypatch.setattr(tuning, "time_launches", time_launches)
+    monkeypatch.setattr(tuning, "pdl_supported", lambda device: supported)
+    fwd, bwd, report = tuning.measure(128, 1024, MODE_REFINE, torch.bfloat16, torch.bfloat16, "cuda:0", "ieee")
+    assert fwd == Tiles(64, 16, 64, 1, 4, 4, pdl=supported) and bwd == gemm
+    assert [t.pdl for bw, t in timed] == [False, False, True][:3 if supported else 2] + [False, False]
+    assert len(report["fwd_us"]) == (3 if supported else 2) and len(report["bwd_us"]) == 2
+
+
+def test_tile_specs_read_back_and_old_cache_entries_without_pdl_load():
+    for t in (Tiles(64, 16, 64, 1, 4, 4), Tiles(64, 64, 64, 2, 4, 3, 16, pdl=True), Tiles(16, 64, 16, gemm=True)):
+        assert tuning.parse_tile_spec(tuning.tile_spec(t)) == t
+    assert tuning.tile_spec(Tiles(32, 128, 64, 3, 4, 3, 32, pdl=True)) == "32.128.64.3.4.32.3.pdl"
+    assert tuning.parse_tile_spec("32.16.64.1.4") == Tiles(32, 16, 64, 1, 4)  # epi and stages default
+    for bad in ("32.16.64.1", "gemm.16.64", "32.16.64.1.4.pdl.3", "32.16.64.1.4.16.3.9"):
+        with pytest.raises(ValueError):
+            tuning.parse_tile_spec(bad)
+    old = {k: v for k, v in tuning._tiles_dict(Tiles(64, 64, 64, 2)).items() if k != "pdl"}  # written before pdl
+    assert tuning._valid({"fwd": old, "bwd": old}) and tuning._from_entry({"fwd": old, "bwd": old})[0].pdl is False

@@ -118,7 +118,7 @@ def print_environment(env: Dict) -> None:
 def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
     """``(name, Problem, backend options)`` for one family: the first is its basic problem (``--quick``)."""
     from .kernels import TileConfig, Tiles
-    from .kernels.common import library_gemm_fp32_out
+    from .kernels.common import library_gemm_fp32_out, pdl_supported
     from .kernels.persistent import PersistentConfig
     from .parity import Problem
     from .selfcheck import CHECK_MAX_SPINS
@@ -143,6 +143,10 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
                          {"kernel": "persistent", "config": planned, "chunk_size": 3})],
             "graphed": [],
         }[family]
+    # programmatic dependent launch (sm_90+): each step's programs wait for the previous step, then release the next
+    pdl = {"kernel": "step", "config": TileConfig(fwd=Tiles(16, 8, 16, split_k=3, epi_h=4, pdl=True),
+                                                  bwd=Tiles(16, 32, 16, split_k=2, epi_h=8, pdl=True))}
+    pdl_cases = pdl_supported("cuda")
     odd = Problem(6, 19, 7, 45)  # neither B nor H a multiple of any tile
     many = Problem(10, 10, 8, 200)  # the persistent planner's 16-unit tiles: 13 programs, the last one ragged
     full = 16 * sm_count - 5  # 16-unit hidden tiles: one program on every SM, the last tile ragged
@@ -150,7 +154,8 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
         "step": [("ragged tiles", odd, {"kernel": "step"}),
                  ("more programs than SMs", Problem(6, 130, 16, 16 * sm_count + 13), {"kernel": "step"}),
                  ("split-K, sub-tiled epilogues", odd, split)]
-                + ([("library GEMM + gate kernel", odd, gemm)] if library_gemm_fp32_out() else []),
+                + ([("library GEMM + gate kernel", odd, gemm)] if library_gemm_fp32_out() else [])
+                + ([("programmatic dependent launch", odd, pdl)] if pdl_cases else []),
         "persistent": [("planned tiles", many, {"kernel": "persistent", "config": planned}),
                        ("one program per SM, U streamed", Problem(8, 4, 8, full),
                         {"kernel": "persistent", "config": PersistentConfig(block_h=16, u_on_chip=False, **sync)}),
@@ -161,7 +166,9 @@ def family_cases(family: str, on_gpu: bool, sm_count: int) -> List[tuple]:
                      {"kernel": "persistent", "config": planned, "chunk_size": 4})],
         # a capture cannot read the timeout flag: the graph wrapper reads it after each replay
         "graphed": [("step kernels", odd, {"kernel": "step", "cuda_graph": True}),
-                    ("persistent kernels", many, {"kernel": "persistent", "cuda_graph": True})],
+                    ("persistent kernels", many, {"kernel": "persistent", "cuda_graph": True})]
+                   + ([("step kernels, programmatic dependent launch", odd, {**pdl, "cuda_graph": True})]
+                      if pdl_cases else []),
     }[family]
 
 

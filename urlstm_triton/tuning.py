@@ -25,6 +25,7 @@ says why.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -37,7 +38,7 @@ import torch
 from . import kernels as _kernels
 from .benchmarks import time_fn
 from .kernels import TileConfig, Tiles
-from .kernels.common import num_gates
+from .kernels.common import num_gates, pdl_supported
 from .kernels.step_plan import tuning_candidates
 
 TUNE_ENV = "URLSTM_TUNE"
@@ -45,7 +46,7 @@ CACHE_FILE = "step_tiles.json"
 STEPS = 8
 MIN_WORK = 1 << 15  # batch x hidden below which the model's pick runs untimed: a step that small is launch-bound
 REPS = 5
-TILE_FIELDS = ("block_b", "block_h", "block_k", "split_k", "num_warps", "num_stages", "epi_h", "gemm")
+TILE_FIELDS = ("block_b", "block_h", "block_k", "split_k", "num_warps", "num_stages", "epi_h", "gemm", "pdl")
 
 _LOCK = threading.RLock()
 _MEMORY: Dict[str, Tuple[Tiles, Tiles]] = {}
@@ -150,8 +151,24 @@ def fastest(candidates: List[Tiles], timer, report: dict, label: str) -> Optiona
     return None if best is None else best[1]
 
 
+def _timed_us(report: dict, label: str, tiles: Tiles) -> float:
+    want = _tiles_dict(tiles)
+    return next(us for t, us in report[f"{label}_us"] if t == want)
+
+
+def with_pdl_if_faster(pick: Tiles, timer, report: dict, label: str) -> Tiles:
+    """The fastest fused tiling timed again with programmatic dependent launch (``Tiles.pdl``), and kept so where
+    that is faster: one more compile and timing per direction instead of one per candidate, since the launch
+    mode does not change how tilings rank against each other within a launch."""
+    variant = dataclasses.replace(pick, pdl=True)
+    if fastest([variant], timer, report, label) is None:
+        return pick
+    return variant if _timed_us(report, label, variant) < _timed_us(report, label, pick) else pick
+
+
 def measure(batch: int, hidden: int, mode: int, dtype, gate_dtype, device, precision: str):
-    """Time every candidate of both directions on ``device``: ``(fwd or None, bwd or None, report)``."""
+    """Time every candidate of both directions on ``device``, then the fastest fused one with programmatic
+    dependent launch where the GPU has it: ``(fwd or None, bwd or None, report)``."""
     elem, gate_elem, gates = dtype.itemsize, gate_dtype.itemsize, num_gates(mode)
     plan_precision = precision if elem == 4 else "tf32"
     report: dict = {}
@@ -159,9 +176,16 @@ def measure(batch: int, hidden: int, mode: int, dtype, gate_dtype, device, preci
     with torch.cuda.device(device):
         buf = _buffers(batch, hidden, mode, dtype, gate_dtype, device)
         for backward in (False, True):
+            label = "bwd" if backward else "fwd"
             candidates = tuning_candidates(batch, hidden, gates, elem, gate_elem, backward, plan_precision)
-            picks.append(fastest(candidates, lambda t, bw=backward: time_launches(t, bw, mode, buf, precision),
-                                 report, "bwd" if backward else "fwd"))
+
+            def timer(t, bw=backward):
+                return time_launches(t, bw, mode, buf, precision)
+
+            pick = fastest(candidates, timer, report, label)
+            if pick is not None and not pick.gemm and pdl_supported(device):
+                pick = with_pdl_if_faster(pick, timer, report, label)
+            picks.append(pick)
     return picks[0], picks[1], report
 
 
@@ -206,11 +230,31 @@ def tuned_config(batch: int, hidden: int, mode: int, dtype: torch.dtype, gate_dt
 
 
 def tile_spec(t: Tiles) -> str:
-    """A short name of one direction's tiles: ``BB.BH.BK.SPLIT.WARPS.EPI.STAGES`` or ``gemm.BB.BH.WARPS`` (the
-    spelling of ``scripts/bench_kernels.py --tile``)."""
+    """A short name of one direction's tiles: ``BB.BH.BK.SPLIT.WARPS.EPI.STAGES[.pdl]`` or ``gemm.BB.BH.WARPS``
+    (the spelling of ``scripts/bench_kernels.py --tile``; :func:`parse_tile_spec` reads it back)."""
     if t.gemm:
         return f"gemm.{t.block_b}.{t.block_h}.{t.num_warps}"
-    return ".".join(str(v) for v in (t.block_b, t.block_h, t.block_k, t.split_k, t.num_warps, t.epi_h, t.num_stages))
+    fields = (t.block_b, t.block_h, t.block_k, t.split_k, t.num_warps, t.epi_h, t.num_stages)
+    return ".".join(str(v) for v in fields) + (".pdl" if t.pdl else "")
+
+
+def parse_tile_spec(text: str) -> Tiles:
+    """One direction's ``Tiles`` from ``BB.BH.BK.SPLIT.WARPS[.EPI[.STAGES]][.pdl]`` or ``gemm.BB.BH.WARPS`` (the
+    library-GEMM step with its gate-math tiles). Raises ValueError (or Tiles' own ValueError) on a bad spec."""
+    gemm = text.startswith("gemm.")
+    body = text[len("gemm."):] if gemm else text
+    pdl = body.endswith(".pdl")
+    if pdl:
+        body = body[:-len(".pdl")]
+    d = [int(v) for v in body.split(".")]
+    if gemm:
+        if len(d) != 3:
+            raise ValueError("gemm.BB.BH.WARPS takes three numbers")
+        return Tiles(d[0], d[1], 16, num_warps=d[2], gemm=True, pdl=pdl)
+    if len(d) not in (5, 6, 7):
+        raise ValueError("a direction takes five to seven numbers")
+    return Tiles(*d[:3], split_k=d[3], num_warps=d[4], epi_h=d[5] if len(d) > 5 else None,
+                 num_stages=d[6] if len(d) > 6 else 3, pdl=pdl)
 
 
 def summarize_cache(cache_dir=None) -> str:
@@ -245,5 +289,5 @@ def forget() -> None:
 
 
 __all__ = ["tuned_config", "measure", "fastest", "time_launches", "bucket", "entry_key", "enabled", "forget",
-           "tile_spec", "summarize_cache",
+           "tile_spec", "parse_tile_spec", "with_pdl_if_faster", "summarize_cache",
            "TUNE_ENV", "CACHE_FILE"]
