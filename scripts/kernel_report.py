@@ -13,7 +13,8 @@ instructions. One row per (kernel, config, dtype):
     kernel  family and direction: step-fwd, step-bwd, persistent-fwd, persistent-bwd; cand-fwd, cand-bwd (the
             tuner's other candidates); pdl-fwd, pdl-bwd (the step kernels with programmatic dependent launch,
             ``Tiles.pdl``, which the tuner tries for its winner on sm_90+: the same tiles as step-*, and the
-            JSON's ``griddepcontrol`` says the PTX waits for the previous step and releases the next)
+            JSON's ``griddepcontrol`` says the PTX waits for the previous step and releases the next,
+            ``waits_first`` that it waits before its first global load, store or atomic)
     registers, spill_bytes (stores + loads), stack, shared_bytes   from ptxas and the compiled kernel
     programs, sms   programs per launch and the target's multiprocessors
     mma             the MMA instruction shape(s) and how many the kernel holds
@@ -126,6 +127,15 @@ def mma_summary(ptx: str) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
+def waits_before_memory(ptx: str) -> bool:
+    """Whether the kernel's ``griddepcontrol.wait`` comes before its first global-memory instruction (load,
+    store, atomic, asynchronous copy): what makes a step launched with PDL safe to start early."""
+    body = ptx[ptx.find(".entry"):]
+    wait = body.find("griddepcontrol.wait")
+    first = re.search(r"\b(ld\.global|st\.global|atom\.|red\.|cp\.async)", body)
+    return wait >= 0 and (first is None or wait < first.start())
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str):
     old = os.environ.get(name)
@@ -158,7 +168,8 @@ def compile_launch(fn: JITFunction, args, kwargs, capability: int, keep_ptx: boo
     ptx = kernel.asm["ptx"]
     fields.update(shared_bytes=int(kernel.metadata.shared), mma=mma_summary(ptx),
                   num_warps=int(kernel.metadata.num_warps),
-                  griddepcontrol="griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx)
+                  griddepcontrol="griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx,
+                  waits_first=waits_before_memory(ptx))
     if keep_ptx:
         fields["ptx"] = kernel.asm["ptx"]
     return fields
@@ -362,6 +373,8 @@ def problems(rows: List[Dict]) -> List[str]:
             out.append(f"{what}: {r['spill_bytes']} bytes of spills")
         elif r["kernel"].startswith("pdl-") and not r.get("griddepcontrol"):
             out.append(f"{what}: launched with PDL but its PTX lacks griddepcontrol.wait/launch_dependents")
+        elif r["kernel"].startswith("pdl-") and not r.get("waits_first"):
+            out.append(f"{what}: launched with PDL but it touches global memory before griddepcontrol.wait")
     return out
 
 

@@ -74,7 +74,8 @@ def test_every_bf16_compile_is_spill_free_and_step_launches_fill_the_gpu(bf16_re
 def test_pdl_rows_are_the_step_tiles_with_griddepcontrol_and_no_spills(bf16_report):
     """The step kernels launched with programmatic dependent launch (``Tiles.pdl``, what the tuner tries for its
     winner on sm_90): the same tiles and registers as without, both griddepcontrol instructions in the PTX (and
-    none without PDL), and an estimate that drops only the launch gaps."""
+    none without PDL), the wait before any global memory access, and an estimate that drops only the launch
+    gaps."""
     from urlstm_triton.benchmarks import CONFIGS
     from urlstm_triton.kernels.cost_model import H200
 
@@ -84,7 +85,7 @@ def test_pdl_rows_are_the_step_tiles_with_griddepcontrol_and_no_spills(bf16_repo
         for direction in ("fwd", "bwd"):
             step, pdl = rows[(f"step-{direction}", config)], rows[(f"pdl-{direction}", config)]
             assert pdl["tiles"] == step["tiles"] + " pdl" and pdl["programs"] == step["programs"]
-            assert pdl["griddepcontrol"] and not step["griddepcontrol"]
+            assert pdl["griddepcontrol"] and pdl["waits_first"] and not step["griddepcontrol"]
             assert pdl["spill_bytes"] == 0 and pdl["registers"] <= 255, pdl
         saved = rows[("step-fwd", config)]["est_ms_fwd_bwd"] - rows[("pdl-fwd", config)]["est_ms_fwd_bwd"]
         assert abs(saved - 2 * T * H200.launch_gap_s * 1e3) < 0.02, (config, saved)
@@ -125,6 +126,20 @@ def test_every_candidate_row_has_an_estimate_of_its_whole_config(bf16_report):
     gemm = {(r["kernel"], r["config"]) for r in candidates if r["tiles"].startswith("library GEMM")}
     assert gemm == {(k, c) for k in ("cand-fwd", "cand-bwd") for c in ("lm-seed", "lm-1k", "smnist", "adding",
                                                                       "big-batch")}
+
+
+def test_waits_before_memory_reads_the_ptx_order():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import kernel_report
+    finally:
+        sys.path.pop(0)
+    head = ".visible .entry k(\n\tld.param.b64 %rd1, [p];\n"
+    assert kernel_report.waits_before_memory(head + "\tgriddepcontrol.wait ;\n\tld.global.b32 %r1, [%rd1];\n")
+    assert not kernel_report.waits_before_memory(head + "\tld.global.b32 %r1, [%rd1];\n\tgriddepcontrol.wait ;\n")
+    assert not kernel_report.waits_before_memory(head + "\tcp.async.cg.shared.global [%r2], [%rd1], 16;\n"
+                                                        "\tgriddepcontrol.wait ;\n")
+    assert not kernel_report.waits_before_memory(head + "\tld.global.b32 %r1, [%rd1];\n")  # no wait at all
 
 
 def test_library_gemm_step_estimate_is_bounded_by_streaming_u():
