@@ -22,9 +22,14 @@ def test_bars_only_when_asked_for_and_stderr_is_a_terminal(monkeypatch):
     assert not session.progress_bars(True)
 
 
-def test_bars_through_a_launcher_that_relays_stderr_to_a_terminal(monkeypatch):
-    """accelerate >= 1.16 pipes its child's stderr to its own: bars when that is a terminal, not when it is a file."""
-    monkeypatch.setattr("sys.stderr", _Stream(tty=False))
+def test_bars_through_a_launcher_that_relays_stderr_to_a_terminal(monkeypatch, tmp_path):
+    """accelerate >= 1.16 pipes its child's stderr to its own: bars when that is a terminal, not when it is a file;
+    and only through a pipe (a stderr that is a file is a log, whatever the launcher's is)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    pipe = os.fdopen(write_end, "w")
+    monkeypatch.setattr("sys.stderr", pipe)
     where = {}
 
     def readlink(path):
@@ -41,8 +46,17 @@ def test_bars_through_a_launcher_that_relays_stderr_to_a_terminal(monkeypatch):
     where.clear()  # the launcher's fds cannot be read
     assert not session.progress_bars(True)
     where["/proc/4242/fd/2"] = "/dev/pts/3"
+    with open(tmp_path / "rank0.err", "w") as log_file:
+        monkeypatch.setattr("sys.stderr", log_file)  # a per-rank log file under a launcher on a terminal
+        assert not session.progress_bars(True)
+    monkeypatch.setattr("sys.stderr", pipe)
     monkeypatch.setattr(session, "launcher_pid", lambda: None)  # no launcher: only our own stderr counts
     assert not session.progress_bars(True)
+    monkeypatch.setattr("sys.stderr", _Stream(tty=False))  # no file descriptor at all
+    monkeypatch.setattr(session, "launcher_pid", lambda: 4242)
+    assert not session.progress_bars(True)
+    pipe.close()
+    os.close(read_end)
 
 
 def test_a_pipe_gets_log_lines_and_no_carriage_returns(tmp_path):

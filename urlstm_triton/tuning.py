@@ -158,8 +158,8 @@ def _timed_us(report: dict, label: str, tiles: Tiles) -> float:
 
 def with_pdl_if_faster(pick: Tiles, timer, report: dict, label: str) -> Tiles:
     """The fastest fused tiling timed again with programmatic dependent launch (``Tiles.pdl``), and kept so where
-    that is faster: one more compile and timing per direction instead of one per candidate, since the launch
-    mode does not change how tilings rank against each other within a launch."""
+    that is faster: one more compile and timing per direction instead of one per candidate, on the assumption
+    that PDL, which removes launch overhead and not work, shifts every tiling's time alike."""
     variant = dataclasses.replace(pick, pdl=True)
     if fastest([variant], timer, report, label) is None:
         return pick

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -45,9 +46,11 @@ def _launcher_relays_to_a_terminal() -> bool:
     parent = launcher_pid()
     if parent is None:
         return False
-    try:
+    try:  # a pipe (a file is a log, as torchrun's --redirects writes: no bars there) to a launcher on a terminal
+        if not stat.S_ISFIFO(os.fstat(sys.stderr.fileno()).st_mode):
+            return False
         target = os.readlink(f"/proc/{parent}/fd/2")
-    except OSError:
+    except (OSError, ValueError, AttributeError):  # no fd behind sys.stderr, or the launcher's fds are not ours
         return False
     return target.startswith(("/dev/pts/", "/dev/tty"))
 
