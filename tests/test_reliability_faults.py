@@ -96,12 +96,9 @@ def _accelerate_relays_stderr() -> bool:
     return Version(accelerate.__version__) >= Version("1.16")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, sig):
-    """A killed `accelerate launch` passes no signal on to its training process (SIGKILL; SIGTERM before accelerate
-    1.16, which forwards SIGTERM): the trainer watches its launcher instead. Either way one checkpoint is saved
-    and the run says why, in summary.json and in train.log (stderr has no reader left once a launcher that
-    relays it is dead)."""
+def stop_a_launched_run(tmp_path, corpus, stop) -> tuple:
+    """Start the LM trainer under a one-process `accelerate launch`, let it train 3 steps, call ``stop(launcher,
+    trainer)`` and wait until both are gone: ``(launcher pid, stderr, run directory, summary)``."""
     run = tmp_path / "run"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -109,46 +106,42 @@ def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, si
     wait_for_steps(proc, run, 3)
     trainer = owner_pid(run)
     assert trainer != proc.pid  # the launcher's child owns the run
-    os.kill(proc.pid, sig)
-    out, err = proc.communicate(timeout=120)  # returns when the trainer, which holds the pipes too, has exited
+    stop(proc.pid, trainer)
+    _, err = proc.communicate(timeout=120)  # returns when the trainer, which holds the pipes too, has exited
     deadline = time.time() + 30
     while not gone(trainer):
-        assert time.time() < deadline, "the trainer runs on without its launcher"
+        assert time.time() < deadline, "the trainer runs on after its launcher was stopped"
         time.sleep(0.2)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted", err[-3000:]
+    assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]  # one checkpoint, the last step
+    assert not (run / OWNER_FILE).exists()
+    return proc.pid, err, run, summary
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_when_the_launcher_dies_the_trainer_saves_and_exits(tmp_path, corpus, sig):
+    """A killed `accelerate launch` passes no signal on to its training process (SIGKILL; SIGTERM before accelerate
+    1.16, which forwards SIGTERM): the trainer watches its launcher instead. Either way one checkpoint is saved
+    and the run says why, in summary.json and in train.log (stderr has no reader left once a launcher that
+    relays it is dead)."""
+    launcher, err, run, summary = stop_a_launched_run(tmp_path, corpus, lambda pid, trainer: os.kill(pid, sig))
     relays = _accelerate_relays_stderr()
     cause = ("stopped by SIGTERM" if relays and sig == signal.SIGTERM
-             else f"stopped because the launcher (pid {proc.pid}) died")
+             else f"stopped because the launcher (pid {launcher}) died")
     assert summary["reason"].startswith(f"{cause}; checkpoint saved"), summary["reason"]
     assert cause in (run / "train.log").read_text()
     if not relays or sig == signal.SIGTERM:  # stderr still has a reader: the message is there too
         assert cause in err, err[-3000:]
-    assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]
-    assert not (run / OWNER_FILE).exists()
 
 
 def test_ctrl_c_under_the_launcher_saves_and_exits(tmp_path, corpus):
     """Ctrl-C: SIGINT to the launcher's whole process group (the launcher and its training process). accelerate
     >= 1.16 then terminates the trainer as well, which must not turn the stop into an abort without a checkpoint."""
-    run = tmp_path / "run"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
-    proc = start(args(tmp_path, corpus, "run", "--train.steps", "100000", "--train.save_every", "0"), launcher)
-    wait_for_steps(proc, run, 3)
-    trainer = owner_pid(run)
-    os.killpg(proc.pid, signal.SIGINT)  # the launcher leads its own session (start_new_session), as a shell's job
-    out, err = proc.communicate(timeout=120)
-    deadline = time.time() + 30
-    while not gone(trainer):
-        assert time.time() < deadline, "the trainer runs on after Ctrl-C"
-        time.sleep(0.2)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "interrupted", err[-3000:]
+    # the launcher leads its own session (start_new_session), as a shell's job does
+    _, err, _, summary = stop_a_launched_run(tmp_path, corpus, lambda pid, trainer: os.killpg(pid, signal.SIGINT))
     assert summary["reason"].startswith("stopped by SIGINT; checkpoint saved"), summary["reason"]
     assert "stopped by SIGINT" in err and "aborting without a checkpoint" not in err, err[-3000:]
-    assert [p.name for p in checkpoints(run)] == [f"step-{summary['step']:08d}"]
-    assert not (run / OWNER_FILE).exists()
 
 
 def test_two_processes_one_owner_and_sigterm_to_their_launcher_stops_both_gracefully(tmp_path, corpus):
